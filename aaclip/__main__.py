@@ -1,0 +1,3 @@
+from aaclip.cli import main
+
+raise SystemExit(main())

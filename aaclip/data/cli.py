@@ -1,0 +1,5 @@
+"""Placeholder until its issue lands."""
+
+
+def add_parsers(subparsers):
+    pass
