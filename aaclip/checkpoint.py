@@ -1,0 +1,245 @@
+"""Checkpoints: the adapters only, as safetensors, with everything needed to rebuild and resume.
+
+One checkpoint is a pair `<name>.safetensors` + `<name>.json`. The safetensors file holds the
+adapter weights (`adapters.<key>`) and, for resuming, the optimiser's tensors
+(`optimizer.<param index>.<key>`); its header metadata holds the same JSON document as the
+sidecar, so the pair can never disagree about what the tensors are (the sidecar is a readable
+copy, written second). Plain numbers (config, epoch, optimiser hyper-parameters, scheduler
+state) live in the JSON. No pickles anywhere: nothing here can execute code on load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from aaclip import __version__
+from aaclip.config import Config
+from aaclip.errors import AAClipError
+from aaclip.io import atomic_path, write_json
+
+FORMAT = "aaclip-checkpoint/1"
+# What the adapters' shapes and meaning depend on: a checkpoint only loads into a model built
+# with the same values (SPEC 1-2). Checked before building the model, from the configs.
+ARCHITECTURE_KEYS = ("backbone", "pretrained", "image_size", "activation", "adapter_weight", "seg_relu")
+# Settings that default to a fraction of the backbone's depth (None): compared once resolved, so
+# `levels=None` and the explicit default `[2, 4, 6, 8]` of an 8-block tower are the same model.
+DEPTH_KEYS = ("levels", "text_adapt_until", "image_adapt_until")
+# How to evaluate, not what was trained: a loaded run takes these from the caller's config.
+EVALUATION_KEYS = (
+    "profile",
+    "device",
+    "data_root",
+    "save_path",
+    "out_dir",
+    "test_datasets",
+    "batch_size",
+    "num_workers",
+    "precision",
+    "normalize",
+    "aupro",
+    "metric_resolution",
+)
+
+
+class CheckpointError(AAClipError):
+    """A checkpoint that is missing, damaged, or made for another model."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # the .safetensors file
+    meta: dict  # the JSON document
+    adapters: dict  # adapter key -> tensor
+    optimizer: dict  # "<param index>.<key>" -> tensor (empty when not saved)
+
+    @property
+    def config(self) -> Config:
+        return Config.from_dict(self.meta["config"], source=f"config keys in {self.path.with_suffix('.json')}")
+
+
+# ---------------------------------------------------------------------------------- paths
+def checkpoint_file(path) -> Path:
+    """An existing checkpoint: a run directory (-> its `last`), a stem, a .json or a .safetensors path."""
+    path = Path(path)
+    if path.suffix not in (".json", ".safetensors") and (path.is_dir() or not _tensor_file(path).is_file()):
+        path = path / "last"
+    return _tensor_file(path)
+
+
+def _tensor_file(stem) -> Path:
+    """`dir/name`, `dir/name.json` or `dir/name.safetensors` -> `dir/name.safetensors`."""
+    stem = Path(stem)
+    if stem.suffix in (".json", ".safetensors"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".safetensors")
+
+
+# ---------------------------------------------------------------------------------- save
+def save_checkpoint(path, model, cfg: Config, extra: dict | None = None, optimizer=None, scheduler=None) -> Path:
+    """Write `<path>.safetensors` and `<path>.json` atomically; return the .safetensors path.
+
+    `extra` (stage, epoch, finished, train_data, history_len, ...) is merged into the JSON.
+    With `optimizer`/`scheduler`, their state is stored too, so that training can resume.
+    """
+    from safetensors.torch import save_file
+
+    file = _tensor_file(path)
+    tensors = {f"adapters.{k}": v.detach().to("cpu").contiguous() for k, v in model.adapter_state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "aaclip_version": __version__,
+        "config": cfg.to_dict(),
+        "model": model.describe(),  # backbone, sizes, levels, switches, parameter counts
+        "adapters": {k[len("adapters.") :]: list(v.shape) for k, v in tensors.items()},
+        **(extra or {}),
+    }
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _split_optimizer_state(optimizer.state_dict())
+        tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+    if scheduler is not None:
+        meta["scheduler"] = _scheduler_state_to_json(scheduler.state_dict())
+    document = json.loads(json.dumps(meta, default=_plain))  # fail here, before writing, if not plain JSON
+    with atomic_path(file) as tmp:
+        save_file(tensors, str(tmp), metadata={"aaclip": json.dumps(document)})
+    write_json(file.with_suffix(".json"), document)
+    return file
+
+
+# ---------------------------------------------------------------------------------- read
+def read_meta(path) -> dict:
+    """The JSON document of a checkpoint, read from the safetensors header (authoritative)."""
+    from safetensors import safe_open
+
+    file = checkpoint_file(path)
+    if not file.is_file():
+        raise CheckpointError(f"no checkpoint at {file}: train first (`aaclip train --save-path ...`)")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
+    if "aaclip" not in header:
+        raise CheckpointError(f"{file}: no 'aaclip' metadata in the header; not an aaclip checkpoint")
+    meta = json.loads(header["aaclip"])
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def read_checkpoint(path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    file = checkpoint_file(path)
+    meta = read_meta(file)
+    tensors = load_file(str(file), device="cpu")
+    adapters = {k[len("adapters.") :]: v for k, v in tensors.items() if k.startswith("adapters.")}
+    optimizer = {k[len("optimizer.") :]: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    return Checkpoint(path=file, meta=meta, adapters=adapters, optimizer=optimizer)
+
+
+def check_compatible(stored: dict, cfg: Config, source) -> None:
+    """Fail, naming the key, if `cfg` would build a model the stored adapters do not fit."""
+    wanted = cfg.to_dict()
+    for key in ARCHITECTURE_KEYS:
+        if stored.get(key) != wanted[key]:
+            raise CheckpointError(
+                f"{source} was trained with {key}={stored.get(key)!r} but the config asks for "
+                f"{key}={wanted[key]!r}; use the same {key} (or the profile the run was trained with)"
+            )
+
+
+def check_depth_settings(model, cfg: Config, source) -> None:
+    """The depth-derived settings of `cfg`, resolved for this backbone, must be the model's."""
+    from aaclip.model import _depth_setting, _levels
+
+    b = model.backbone
+    wanted = {
+        "levels": _levels(cfg.levels, b.vision_depth),
+        "text_adapt_until": _depth_setting(cfg.text_adapt_until, b.text_depth, "text_adapt_until"),
+        "image_adapt_until": _depth_setting(cfg.image_adapt_until, b.vision_depth, "image_adapt_until"),
+    }
+    for key in DEPTH_KEYS:
+        if getattr(model, key) != wanted[key]:
+            raise CheckpointError(
+                f"{source} was trained with {key}={getattr(model, key)!r} but the config asks for "
+                f"{key}={wanted[key]!r}; use the same {key}"
+            )
+
+
+def load_model(save_path_or_file, cfg: Config | None = None, device: str | None = None):
+    """Rebuild AA-CLIP from a checkpoint -> (model, config of the run).
+
+    With `cfg`, its architecture must match the checkpoint's (else an error naming the key) and
+    its evaluation settings (data root, device, normalisation, batch size, ...) win; the returned
+    config keeps the run's training settings, so an ablation is evaluated as it was trained.
+    """
+    from aaclip.model import AAClip
+
+    checkpoint = read_checkpoint(save_path_or_file)
+    run_cfg = checkpoint.config
+    if cfg is not None:
+        check_compatible(checkpoint.meta["config"], cfg, checkpoint.path)
+        run_cfg = run_cfg.replace(**{k: getattr(cfg, k) for k in EVALUATION_KEYS})
+    model = AAClip.from_config(run_cfg, device=device or run_cfg.resolve_device())
+    if cfg is not None:
+        check_depth_settings(model, cfg, checkpoint.path)
+    model.load_adapter_state_dict(checkpoint.adapters, source=str(checkpoint.path))
+    model.eval()
+    return model, run_cfg
+
+
+# ---------------------------------------------------------------------------------- optimiser state
+def _split_optimizer_state(state: dict) -> tuple[dict, dict]:
+    """torch optimiser state -> (tensors keyed "<param>.<key>", JSON with the plain numbers)."""
+    import torch
+
+    tensors, plain = {}, {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                plain[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+
+
+def optimizer_state(checkpoint: Checkpoint) -> dict:
+    """Rebuild the torch optimiser state dict stored by `save_checkpoint`."""
+    stored = checkpoint.meta.get("optimizer")
+    if stored is None:
+        raise CheckpointError(f"{checkpoint.path}: no optimiser state stored; cannot resume from it")
+    state: dict = {}
+    for flat, value in [*checkpoint.optimizer.items(), *stored["plain_state"].items()]:
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": stored["param_groups"]}
+
+
+def _scheduler_state_to_json(state: dict) -> dict:
+    state = dict(state)
+    if isinstance(state.get("milestones"), Counter):  # MultiStepLR: JSON keys must be strings
+        state["milestones"] = sorted([int(k), int(v)] for k, v in state["milestones"].items())
+    return state
+
+
+def scheduler_state(checkpoint: Checkpoint) -> dict:
+    stored = checkpoint.meta.get("scheduler")
+    if stored is None:
+        raise CheckpointError(f"{checkpoint.path}: no scheduler state stored; cannot resume from it")
+    state = dict(stored)
+    if isinstance(state.get("milestones"), list):
+        state["milestones"] = Counter({k: v for k, v in state["milestones"]})
+    return state
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise CheckpointError(f"cannot store {type(value).__name__} {value!r} in a checkpoint's JSON")

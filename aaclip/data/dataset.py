@@ -1,0 +1,175 @@
+"""The torch Dataset: SPEC 1 preprocessing and SPEC 5 augmentations, anomalib field names.
+
+Preprocessing (SPEC 1): resize to SxS with PIL bicubic (antialiased, as CLIP's own transform
+on PIL images), no crop, aspect not kept; CLIP mean/std. Masks: nearest resize, then `!= 0`.
+Any image mode becomes RGB; a normal image gets an all-zero mask.
+
+Augmentation (SPEC 5), torchvision.transforms.v2 on an (Image, Mask) pair so that both get the
+same geometry: rotation +-30 deg (p 0.5), translation 0.15 (p 0.5), h-flip 0.5, v-flip 0.5, all
+nearest with fill 0 (black pixels, empty mask); with `color_jitter` first brightness, contrast
+and saturation 0.5, each applied with p 0.7 (image only). The randomness is torch's global RNG:
+reproducible after `torch.manual_seed`, and DataLoader workers get their own seeds from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from aaclip.data.metadata import validate_metadata
+from aaclip.data.registry import DatasetInfo, get_dataset, metadata_path
+from aaclip.errors import AAClipError
+
+CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)
+CLIP_STD = tuple(OPENAI_DATASET_STD)
+NEAREST = v2.InterpolationMode.NEAREST
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Items: image (3,S,S) normalised, gt_mask (1,S,S) in {0,1}, gt_label, class_name, image_path."""
+
+    def __init__(
+        self,
+        records: list[dict],
+        root: str | os.PathLike,
+        image_size: int = 518,
+        augment: bool = False,
+        color_jitter: bool = False,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        info: DatasetInfo | None = None,
+    ):
+        self.records = list(records)
+        self.root = Path(root)
+        self.image_size = image_size
+        self.info = info
+        self.augmentation = augmentation(augment, color_jitter)
+        self.normalize = v2.Normalize(mean=list(mean), std=list(std))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image_path = self.root / record["image_path"]
+        image = tv_tensors.Image(load_image(image_path, self.image_size))
+        if record["label"] == 1 and record.get("mask_path"):
+            mask = tv_tensors.Mask(load_mask(self.root / record["mask_path"], self.image_size))
+        else:
+            mask = tv_tensors.Mask(torch.zeros(1, self.image_size, self.image_size, dtype=torch.uint8))
+        if self.augmentation is not None:
+            image, mask = self.augmentation(image, mask)
+        image = self.normalize(v2.functional.to_dtype(image, torch.float32, scale=True))
+        return {
+            "image": image.as_subclass(torch.Tensor),
+            "gt_mask": (mask != 0).as_subclass(torch.Tensor).float(),
+            "gt_label": int(record["label"]),
+            "class_name": record["class_name"],
+            "image_path": str(image_path),
+        }
+
+    @property
+    def class_names(self) -> list[str]:
+        """Classes in order of first appearance."""
+        return list(dict.fromkeys(r["class_name"] for r in self.records))
+
+
+def load_dataset(
+    data_root: str | os.PathLike,
+    name: str,
+    shot: int = -1,
+    image_size: int = 518,
+    augment: bool = False,
+    color_jitter: bool = False,
+    classes: list[str] | None = None,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+) -> AnomalyDataset:
+    """The dataset `name` under `data_root` (full split or `<shot>-shot`), metadata validated first."""
+    info = get_dataset(name, data_root)
+    path = metadata_path(data_root, name, shot)
+    if not path.is_file():
+        raise AAClipError(f"{path} not found: {_how_to_make(info, shot)}")
+    records = validate_metadata(path, path.parent, masks_required=info.has_masks)
+    unknown = sorted({r["class_name"] for r in records} - set(info.classes))
+    if unknown:  # the prompts need a descriptive name for every class
+        raise AAClipError(f"{path}: class(es) {', '.join(unknown)} not in {info.name}: {', '.join(info.classes)}")
+    if classes is not None:
+        records = _select_classes(records, classes, path)
+    return AnomalyDataset(records, path.parent, image_size, augment, color_jitter, mean, std, info)
+
+
+def augmentation(augment: bool, color_jitter: bool) -> v2.Compose | None:
+    """SPEC 5: colour jitter (image only) then the joint geometric transforms; None when both are off."""
+    steps = []
+    if color_jitter:
+        parts = ("brightness", "contrast", "saturation")
+        steps += [v2.RandomApply([v2.ColorJitter(**{part: 0.5})], p=0.7) for part in parts]
+    if augment:
+        steps += [
+            v2.RandomApply([v2.RandomRotation(30, interpolation=NEAREST, fill=0)], p=0.5),
+            v2.RandomApply([v2.RandomAffine(degrees=0, translate=(0.15, 0.15), interpolation=NEAREST, fill=0)], p=0.5),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+        ]
+    return v2.Compose(steps) if steps else None
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """uint8 (3, size, size): any mode to RGB, bicubic resize (antialiased)."""
+    image = _open(path, "image")
+    rgb = _to_rgb(image).resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: Path, size: int) -> torch.Tensor:
+    """uint8 (1, size, size) in {0, 1}: nonzero pixels (any channel, alpha ignored) are anomalous."""
+    mask = _open(path, "mask")
+    if "A" in mask.getbands():
+        mask = mask.convert("RGB")
+    values = np.asarray(mask)
+    binary = values.any(axis=2) if values.ndim == 3 else values != 0
+    resized = Image.fromarray(binary.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.array(resized))[None]
+
+
+def _open(path: Path, kind: str) -> Image.Image:
+    """The decoded image; a missing, truncated or unreadable file is an AAClipError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise AAClipError(f"cannot read {kind} {path}: {err}") from err
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; 16-bit grayscale is scaled to 8 bits first (PIL would clip it)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / peak * 255.0, 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _select_classes(records: list[dict], classes: list[str], path: Path) -> list[dict]:
+    present = list(dict.fromkeys(r["class_name"] for r in records))
+    unknown = [c for c in classes if c not in present]
+    if unknown:
+        raise AAClipError(f"{path}: no class {', '.join(map(repr, unknown))}; it has {', '.join(present)}")
+    return [r for r in records if r["class_name"] in set(classes)]
+
+
+def _how_to_make(info: DatasetInfo, shot: int) -> str:
+    if shot != -1:
+        return f"run 'aaclip shots {info.name} --k {shot}' first"
+    if info.layout == "miniature":
+        return "run 'aaclip miniature' first"
+    return f"run 'aaclip prepare {info.name if info.layout != 'folder' else 'folder'} --root <original tree>' first"

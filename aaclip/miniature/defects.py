@@ -1,0 +1,224 @@
+"""Defects with exact pixel masks: each one changes a picture's composite only inside its mask.
+
+`apply(kind, layers, rng, subtle)` returns the defective composite and the boolean mask of the
+pixels it changed; `render.finish` then lights both pictures identically, so the 8-bit normal
+twin and the defective picture differ only inside the mask. Shapes are drawn without
+antialiasing so that a pixel is either in the defect or not. A subtle defect is smaller and
+fainter, like the hard cases of the real sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from aaclip.miniature.render import Layers, rgb, smooth_noise
+
+KINDS = ("scratch", "crack", "hole", "stain", "missing_part", "contamination", "deformation", "lesion")
+FOREIGN = ("red", "blue", "green", "yellow", "orange", "purple", "white", "black", "teal", "pink")
+
+
+class DefectError(RuntimeError):
+    """A defect that could not be placed (no room in the picture): a bug in the world's design."""
+
+
+def apply(kind: str, layers: Layers, rng: np.random.Generator, subtle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(defective composite, mask) for one defect of `kind`; the mask is never empty."""
+    composite = layers.composite()
+    minimum = max(4, int(0.0012 * layers.size**2))
+    for _ in range(50):  # a draw can fall mostly off the object: draw again
+        new, mask = DEFECTS[kind](layers, composite, rng, subtle)
+        if mask.sum() >= minimum:
+            return np.where(mask[..., None], new, composite).astype(np.float32), mask
+    raise DefectError(f"could not place a {kind} defect after 50 tries")
+
+
+# ---------------------------------------------------------------------------- geometry
+def pick_point(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(x, y) pixel coordinates of a random pixel of `region`."""
+    rows, cols = np.nonzero(region)
+    i = rng.integers(len(rows))
+    return np.array([cols[i] + 0.5, rows[i] + 0.5])
+
+
+def pick_edge_point(layers: Layers, rng: np.random.Generator) -> np.ndarray:
+    """A point on the object's outline (alpha near 0.5)."""
+    edge = (layers.alpha > 0.2) & (layers.alpha < 0.8)
+    return pick_point(edge if edge.any() else layers.region, rng)
+
+
+def stroke(size: int, points: list, width: int) -> np.ndarray:
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).line([tuple(p) for p in points], fill=255, width=width, joint="curve")
+    return np.asarray(canvas) > 0
+
+
+def polygon_mask(size: int, points: np.ndarray) -> np.ndarray:
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
+    return np.asarray(canvas) > 0
+
+
+def ellipse_mask(size: int, centre: np.ndarray, radii: tuple[float, float], angle: float) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    x, y = radii[0] * np.cos(t), radii[1] * np.sin(t)
+    pts = np.stack([x * np.cos(angle) - y * np.sin(angle), x * np.sin(angle) + y * np.cos(angle)], 1) + centre
+    return polygon_mask(size, pts)
+
+
+def blob_mask(size: int, centre: np.ndarray, radius: float, rng: np.random.Generator, roughness: float = 0.35):
+    """An irregular blob: a disc whose edge is pushed in and out by smooth noise."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    distance = np.hypot(xs - centre[0], ys - centre[1]) / radius
+    return distance + roughness * smooth_noise(rng, size, max(3, size // 12)) < 1.0
+
+
+def wander(start: np.ndarray, steps: int, step_len: float, angle: float, turn: float, rng) -> list:
+    """A polyline that turns by up to `turn` radians at each step."""
+    points = [start]
+    for _ in range(steps):
+        angle += rng.uniform(-turn, turn)
+        points.append(points[-1] + step_len * np.array([np.cos(angle), np.sin(angle)]))
+    return points
+
+
+def on_object(layers: Layers) -> np.ndarray:
+    return layers.alpha > 0.5
+
+
+def blend(composite: np.ndarray, colour, amount: float) -> np.ndarray:
+    return composite * (1.0 - amount) + np.asarray(colour, np.float32) * amount
+
+
+def far_colour(reference: np.ndarray, rng: np.random.Generator, names=FOREIGN, at_least: float = 0.45) -> np.ndarray:
+    """A colour clearly different from `reference` (so the defect is visible)."""
+    choices = [rgb(n) for n in names if np.abs(rgb(n) - reference).sum() >= at_least]
+    return choices[rng.integers(len(choices))] if choices else 1.0 - reference
+
+
+# ---------------------------------------------------------------------------- kinds
+def scratch(layers, composite, rng, subtle):
+    size = layers.size
+    length = size * (rng.uniform(0.1, 0.18) if subtle else rng.uniform(0.18, 0.4))
+    points = wander(pick_point(layers.region, rng), 6, length / 6, rng.uniform(0, 2 * np.pi), 0.15, rng)
+    mask = stroke(size, points, 1 if subtle else int(rng.integers(1, 3))) & on_object(layers)
+    tone = 1.0 if rng.uniform() < 0.5 else 0.05
+    amount = rng.uniform(0.35, 0.5) if subtle else rng.uniform(0.55, 0.8)
+    return blend(composite, tone, amount), mask
+
+
+def crack(layers, composite, rng, subtle):
+    size = layers.size
+    step = size * 0.03
+    start, angle = pick_point(layers.region, rng), rng.uniform(0, 2 * np.pi)
+    trunk = wander(start, int(rng.integers(5, 8) if subtle else rng.integers(8, 14)), step, angle, 0.7, rng)
+    mask = stroke(size, trunk, 1 if subtle else 2)
+    for _ in range(0 if subtle else int(rng.integers(1, 3))):  # branches: what makes a crack a crack
+        fork = trunk[int(rng.integers(1, len(trunk) - 1))]
+        mask |= stroke(size, wander(fork, int(rng.integers(3, 6)), step, angle + rng.choice([-1, 1]) * 0.9, 0.6, rng), 1)
+    return blend(composite, 0.03, 0.6 if subtle else 0.85), mask & on_object(layers)
+
+
+def hole(layers, composite, rng, subtle):
+    size = layers.size
+    radii = size * (rng.uniform(0.025, 0.04, 2) if subtle else rng.uniform(0.04, 0.08, 2))
+    mask = ellipse_mask(size, pick_point(layers.region, rng), tuple(radii), rng.uniform(0, np.pi))
+    # a through-hole shows what lies beneath, in the shadow of its wall
+    return layers.under * 0.55, mask & on_object(layers)
+
+
+def stain(layers, composite, rng, subtle):
+    size = layers.size
+    centre = pick_point(layers.region, rng)
+    radius = size * (rng.uniform(0.04, 0.07) if subtle else rng.uniform(0.06, 0.12))
+    mask = blob_mask(size, centre, radius, rng) & on_object(layers)
+    local = composite[int(centre[1]), int(centre[0])]
+    tint = far_colour(local, rng, ("brown", "yellow", "black", "orange", "white"), at_least=0.6)
+    return blend(composite, tint, rng.uniform(0.25, 0.35) if subtle else rng.uniform(0.4, 0.65)), mask
+
+
+def contamination(layers, composite, rng, subtle):
+    size = layers.size
+    centre = pick_point(layers.region, rng)
+    colour = far_colour(composite[int(centre[1]), int(centre[0])], rng)
+    if rng.uniform() < 0.5:  # specks of foreign matter
+        mask = np.zeros((size, size), bool)
+        for _ in range(int(rng.integers(2, 4) if subtle else rng.integers(3, 8))):
+            spot = centre + rng.normal(0, size * 0.04, 2)
+            mask |= ellipse_mask(size, spot, tuple(rng.uniform(0.8, 2.0, 2) * size / 96), rng.uniform(0, np.pi))
+    else:  # a fibre
+        length = size * (rng.uniform(0.1, 0.18) if subtle else rng.uniform(0.18, 0.35))
+        mask = stroke(size, wander(centre, 8, length / 8, rng.uniform(0, 2 * np.pi), 0.5, rng), 1)
+    return blend(composite, colour, 0.9), mask & on_object(layers)
+
+
+def missing_part(layers, composite, rng, subtle):
+    size = layers.size
+    radius = size * (rng.uniform(0.04, 0.06) if subtle else rng.uniform(0.07, 0.12))
+    if layers.alpha.min() >= 1.0:  # a texture: the pattern is gone down to its backing
+        mask = blob_mask(size, pick_point(layers.region, rng), radius, rng)
+        return np.broadcast_to(layers.under, composite.shape), mask
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    centre = pick_edge_point(layers, rng)
+    bite = np.hypot(xs - centre[0], ys - centre[1]) < radius
+    alpha = np.where(bite, 0.0, layers.alpha)[..., None]
+    new = alpha * layers.surface + (1 - alpha) * layers.under
+    return new, changed(new, composite)
+
+
+def deformation(layers, composite, rng, subtle):
+    """A dent or bulge of the outline (objects) or a local distortion of the pattern (textures)."""
+    size = layers.size
+    texture = layers.alpha.min() >= 1.0
+    centre = pick_point(layers.region, rng) if texture else pick_edge_point(layers, rng)
+    sigma = size * (rng.uniform(0.04, 0.06) if subtle else rng.uniform(0.06, 0.09))
+    amplitude = size * (rng.uniform(0.025, 0.04) if subtle else rng.uniform(0.045, 0.07))
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    offset = np.stack([xs - centre[0], ys - centre[1]])
+    falloff = np.exp(-(offset**2).sum(0) / (2 * sigma**2))
+    if texture:  # a swirl: the pattern rotates around the centre
+        direction = np.stack([-offset[1], offset[0]]) / sigma
+    else:  # push along a random direction: a dent if inward, a bulge if outward
+        angle = rng.uniform(0, 2 * np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)])[:, None, None] * np.ones((1, size, size))
+    source = np.stack([ys, xs]) - 0.5 - amplitude * falloff * direction[::-1]
+    warp = lambda image: ndimage.map_coordinates(image, source, order=1, mode="nearest")
+    alpha = layers.alpha if texture else warp(layers.alpha)
+    surface = np.stack([warp(layers.surface[..., c]) for c in range(3)], -1)
+    new = alpha[..., None] * surface + (1 - alpha[..., None]) * layers.under
+    return new, changed(new, composite) & (falloff > 0.01)
+
+
+def lesion(layers, composite, rng, subtle):
+    """A bright or dark blob inside the scanned organ, sometimes with a bright rim."""
+    size = layers.size
+    centre = pick_point(layers.region, rng)
+    radius = size * (rng.uniform(0.035, 0.055) if subtle else rng.uniform(0.055, 0.1))
+    mask = blob_mask(size, centre, radius, rng, roughness=0.25) & layers.region
+    bright = rng.uniform() < 0.6
+    if subtle:
+        new = composite + 0.14 if bright else composite * 0.7
+    else:
+        new = composite * 0.4 + 0.55 if bright else composite * 0.35
+    if not subtle and rng.uniform() < 0.5:  # a ring-enhancing lesion: bright rim, dark core
+        core = ndimage.binary_erosion(mask, iterations=max(1, int(radius * 0.35)))
+        new = np.where(core[..., None], composite * 0.45, composite * 0.3 + 0.65)
+    return np.clip(new, 0.0, 1.0), mask
+
+
+def changed(new: np.ndarray, old: np.ndarray, threshold: float = 0.03) -> np.ndarray:
+    """Pixels whose colour a geometric defect visibly changed; holes in that region filled."""
+    return ndimage.binary_fill_holes(np.abs(new - old).max(-1) > threshold)
+
+
+DEFECTS = {
+    "scratch": scratch,
+    "crack": crack,
+    "hole": hole,
+    "stain": stain,
+    "missing_part": missing_part,
+    "contamination": contamination,
+    "deformation": deformation,
+    "lesion": lesion,
+}

@@ -1,0 +1,176 @@
+"""The tiny CLIP: an open_clip `CLIP` from a small config registered by name, pretrained on the world.
+
+It is an ordinary open_clip model (ViT image tower, transformer text tower, OpenAI BPE
+tokenizer), only small: 64 px input with patch 8, so an 8x8 patch grid at its native size;
+vision depth 8 and text depth 4, so AA-CLIP's levels fall at blocks 2, 4, 6, 8 and its
+adapters after a quarter of each tower (SPEC 2). AA-CLIP then runs it at a larger input with
+the positional embedding resized, as the paper runs a 336 px CLIP at 518.
+
+Pretraining is contrastive with open_clip's own `ClipLoss` on captioned normal pictures, so
+the model learns class, colour, background and light words but never sees a defect word.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from aaclip.io import atomic_path, write_json
+
+MODEL_NAME = "aaclip-tiny"
+NATIVE_SIZE = 64
+CONFIGS = {
+    MODEL_NAME: {
+        "embed_dim": 64,
+        "quick_gelu": False,  # plain GELU, which is what the AA-CLIP default (SPEC 1) builds
+        "vision_cfg": {"image_size": NATIVE_SIZE, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
+    }
+}
+
+
+def register_configs() -> list[str]:
+    """Add the tiny configs to open_clip's registry (idempotent; safe after any open_clip rescan)."""
+    from open_clip import factory
+
+    # open_clip's public `add_model_config` only reads JSON files; the registry is a plain dict.
+    for name, cfg in CONFIGS.items():
+        factory._MODEL_CONFIGS[name] = copy.deepcopy(cfg)
+    return list(CONFIGS)
+
+
+def create_model(name: str = MODEL_NAME, seed: int | None = None):
+    """A randomly initialised tiny CLIP (seeded when `seed` is given) and its tokenizer."""
+    import open_clip
+
+    register_configs()
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    return model, open_clip.get_tokenizer(name)
+
+
+@dataclass
+class PretrainSettings:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    shift: int = 4  # random translation in pixels (pad + crop): light augmentation that keeps captions true
+
+
+def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSettings, seed: int, progress: bool = True):
+    """Train a fresh tiny CLIP contrastively; returns (model, history of per-epoch mean losses).
+
+    images: uint8 (N, 3, 64, 64); tokens: (N, K, context) with K captions per image, one drawn
+    per step. Seeded: the same inputs and seed give the same weights on the same machine.
+    """
+    from open_clip.loss import ClipLoss
+
+    model, _ = create_model(seed=seed)
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model, settings)
+    n = images.shape[0]
+    steps_per_epoch = max(1, n // settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    warmup = max(1, int(settings.warmup_fraction * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    loss_fn = ClipLoss()
+    mean, std = clip_mean_std()
+    history = []
+    bar = tqdm(total=total, desc="pretraining tiny CLIP", unit="step", disable=not progress)
+    for epoch in range(settings.epochs):
+        order = torch.randperm(n, generator=generator)
+        losses = []
+        for step in range(steps_per_epoch):
+            index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            pick = torch.randint(tokens.shape[1], (len(index),), generator=generator)
+            batch = shift_batch(images[index], settings.shift, generator)
+            batch = (batch.float() / 255.0 - mean) / std
+            image_features, text_features, logit_scale = model(batch, tokens[index, pick])[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 makes training unstable
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
+    bar.close()
+    model.eval()
+    return model, history
+
+
+def make_optimizer(model, settings: PretrainSettings) -> torch.optim.AdamW:
+    """AdamW; no weight decay on gains, biases, embeddings' scale and the temperature (CLIP's recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=1e-6)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def shift_batch(batch: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `shift` pixels (edge padding), one offset per image."""
+    if shift <= 0:
+        return batch
+    size = batch.shape[-1]
+    padded = torch.nn.functional.pad(batch.float(), (shift,) * 4, mode="replicate")
+    offsets = torch.randint(2 * shift + 1, (batch.shape[0], 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+
+
+def clip_mean_std() -> tuple[torch.Tensor, torch.Tensor]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+# ---------------------------------------------------------------------------- files
+def save(model, directory: str | Path, settings: PretrainSettings, seed: int, extra: dict | None = None) -> dict[str, Path]:
+    """`model.safetensors` (open_clip's state-dict names) and `config.json` (name, open_clip cfg, recipe)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    weights = directory / "model.safetensors"
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"model_name": MODEL_NAME})
+    config = {
+        "model_name": MODEL_NAME,
+        "model_cfg": CONFIGS[MODEL_NAME],
+        "native_image_size": NATIVE_SIZE,
+        "seed": seed,
+        "training": {**asdict(settings), "loss": "open_clip.loss.ClipLoss", "optimizer": "AdamW", **(extra or {})},
+    }
+    write_json(directory / "config.json", config)
+    return {"weights": weights, "config": directory / "config.json"}
+
+
+def load(directory: str | Path):
+    """(model in eval mode, tokenizer) from a folder written by `save`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text())
+    model, tokenizer = create_model(config["model_name"])
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval(), tokenizer

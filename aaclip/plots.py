@@ -1,0 +1,228 @@
+"""The book's figures. Each function takes numbers the library computed and returns a Figure.
+
+Figures are built with `matplotlib.figure.Figure` (not pyplot), so a notebook shows one only where
+it asks to (`glue(...)` or `display(fig)`), never twice. One colour per method throughout:
+plain CLIP grey, AA-CLIP blue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from aaclip.viz import overlay
+
+METHOD_COLOURS = {"CLIP": "#8c8c8c", "AA-CLIP": "#1f6fb4"}
+PIXEL_COLOURS = {"defect pixel": "#d62728", "normal pixel": "#2ca02c", "defect": "#d62728", "normal": "#2ca02c"}
+METRIC_LABELS = {
+    "image_auroc": "image AUROC", "image_ap": "image AP", "image_f1_max": "image F1-max",
+    "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "pixel F1-max", "pixel_aupro": "pixel AUPRO",
+}
+
+
+def figure(width: float, height: float, **subplots) -> tuple[Figure, np.ndarray]:
+    """A Figure with a grid of axes (always a 2-D array), in the book's style."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    axes = fig.subplots(squeeze=False, **subplots)
+    return fig, axes
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Boolean edge pixels of a mask (the mask minus its 4-neighbour erosion)."""
+    m = np.asarray(mask, bool)
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def with_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
+    out = np.array(image, copy=True)
+    out[mask_outline(mask)] = colour
+    return out
+
+
+# --------------------------------------------------------------------------- chapter 0
+def sample_grid(images, masks, titles, ncols: int = 6) -> Figure:
+    """Images with their ground-truth mask outlined in red (normal images have none)."""
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = figure(1.6 * ncols, 1.8 * nrows, nrows=nrows, ncols=ncols)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, mask, title in zip(axes.flat, images, masks, titles):
+        ax.imshow(with_outline(image, mask, (255, 0, 0)))
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapters 2 and 3
+def loss_curves(history: pd.DataFrame, stage: int, smooth: int = 10) -> Figure:
+    """Every logged loss of one stage against the step (running mean over `smooth` steps)."""
+    from aaclip.analysis import loss_columns
+
+    frame = history[history["stage"] == stage]
+    parts = loss_columns(frame)
+    fig, axes = figure(7, 3.2)
+    ax = axes[0, 0]
+    for column in parts:
+        values = frame[column].rolling(smooth, min_periods=1).mean()
+        ax.plot(frame["stage_step"], values, label=column, linewidth=2 if column == "loss" else 1.2)
+    epochs = frame.groupby("epoch")["stage_step"].max()
+    for step in epochs.to_numpy()[:-1]:
+        ax.axvline(step, color="#bbbbbb", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(f"stage-{stage} step (dotted: epoch ends)")
+    ax.set_ylabel("loss (running mean)")
+    ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def anchor_cosines(frame: pd.DataFrame, hue: str = "method", palette=None) -> Figure:
+    """cos(t_normal, t_abnormal) per class, one panel per role (seen / unseen classes)."""
+    roles = list(dict.fromkeys(frame["role"]))
+    fig, axes = figure(4.2 * len(roles), 3.4, ncols=len(roles), sharey=True)
+    for ax, role in zip(axes[0], roles):
+        part = frame[frame["role"] == role]
+        sns.barplot(part, x="class_name", y="cosine", hue=hue, ax=ax, palette=palette or METHOD_COLOURS)
+        ax.set_title(f"{role} classes ({part['dataset'].iloc[0]})")
+        ax.set_xlabel("")
+        ax.set_ylabel("cos(normal anchor, abnormal anchor)")
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 1
+def level_separation(frame: pd.DataFrame) -> Figure:
+    """Pixel AUROC of each level's map and of the fused map, CLIP vs AA-CLIP; 0.5 is chance."""
+    fig, axes = figure(6.5, 3.2)
+    ax = axes[0, 0]
+    sns.barplot(frame, x="level", y="pixel_auroc", hue="method", ax=ax, palette=METHOD_COLOURS)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("")
+    ax.set_ylabel("pixel AUROC")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def score_histograms(samples: dict[str, pd.DataFrame]) -> Figure:
+    """Standardised anomaly-map values of defect vs normal pixels, one panel per method."""
+    fig, axes = figure(4 * len(samples), 3, ncols=len(samples), sharey=True)
+    for ax, (method, frame) in zip(axes[0], samples.items()):
+        sns.histplot(frame, x="score", hue="pixel", stat="density", common_norm=False, bins=40,
+                     element="step", ax=ax, palette=PIXEL_COLOURS)
+        ax.set_title(method)
+        ax.set_xlabel("anomaly map value (standardised)")
+    return fig
+
+
+def tsne(frames: dict[str, pd.DataFrame]) -> Figure:
+    """t-SNE of patch features: colour = defect or normal patch, marker = seen or unseen class."""
+    fig, axes = figure(4.6 * len(frames), 4.2, ncols=len(frames))
+    for ax, (method, frame) in zip(axes[0], frames.items()):
+        sns.scatterplot(frame, x="x", y="y", hue="patch", style="role", ax=ax, s=14, alpha=0.8,
+                        palette=PIXEL_COLOURS, linewidth=0)
+        ax.set_title(method)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel(""), ax.set_ylabel("")
+        ax.legend(fontsize=7, markerscale=1.2)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 3
+def level_maps(maps, rows: int = 4, titles: list[str] | None = None) -> Figure:
+    """Per image: the image (mask outlined), the map of every level, and the fused map.
+
+    Each map is shown on its own colour scale across the shown images (levels differ in range),
+    so colours compare between images within a column.
+    """
+    n_levels = maps.levels.shape[1]
+    rows = min(rows, len(maps.images))
+    cols = n_levels + 2
+    fig, axes = figure(1.55 * cols, 1.6 * rows, nrows=rows, ncols=cols)
+    columns = [maps.levels[:rows, l] for l in range(n_levels)] + [maps.fused[:rows]]
+    names = list(maps.level_names) + ["fused (sum)"]
+    for r in range(rows):
+        axes[r, 0].imshow(with_outline(maps.images[r], maps.gt_mask[r], (255, 0, 0)))
+        axes[r, 0].set_title(titles[r] if titles else maps.class_name[r], fontsize=8)
+        for c, (values, name) in enumerate(zip(columns, names), start=1):
+            lo, hi = np.percentile(values, [1, 99.5])
+            axes[r, c].imshow(values[r], cmap="jet", vmin=lo, vmax=max(hi, lo + 1e-6))
+            axes[r, c].contour(maps.gt_mask[r], levels=[0.5], colors="white", linewidths=0.7)
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig
+
+
+def heatmaps(images, anomaly_maps, masks, titles, ncols: int = 6, alpha: float = 0.5) -> Figure:
+    """Overlays of normalised anomaly maps on a fixed [0, 1] scale, ground truth outlined in white."""
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = figure(1.6 * ncols, 1.8 * nrows, nrows=nrows, ncols=ncols)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, amap, mask, title in zip(axes.flat, images, anomaly_maps, masks, titles):
+        ax.imshow(with_outline(overlay(image, amap, 0.0, 1.0, alpha), mask))
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 4
+def class_metrics(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc"), normalize: str = "transductive") -> Figure:
+    """Per-class bars, CLIP beside AA-CLIP, one row per metric and one column per dataset."""
+    part = frame[frame["normalize"] == normalize]
+    datasets = list(dict.fromkeys(part["dataset"]))
+    widths = [max(2.5, 0.55 * part[part["dataset"] == d]["class_name"].nunique() + 1) for d in datasets]
+    fig, axes = figure(sum(widths), 2.8 * len(metrics), nrows=len(metrics), ncols=len(datasets),
+                       width_ratios=widths, sharey="row")
+    for r, metric in enumerate(metrics):
+        for c, dataset in enumerate(datasets):
+            ax = axes[r, c]
+            sns.barplot(part[part["dataset"] == dataset], x="class_name", y=metric, hue="method", ax=ax,
+                        palette=METHOD_COLOURS)
+            ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+            ax.set_ylim(0, 1)
+            ax.set_title(dataset if r == 0 else "")
+            ax.set_xlabel("")
+            ax.set_ylabel(METRIC_LABELS[metric] if c == 0 else "")
+            ax.tick_params(axis="x", rotation=45)
+            if (r, c) != (0, 0) and ax.get_legend() is not None:
+                ax.get_legend().remove()
+    return fig
+
+
+def normalisation_effect(means: pd.DataFrame, metric: str = "image_auroc") -> Figure:
+    """A dataset-level metric under both normalisations, per method."""
+    part = means.assign(label=means["dataset"] + " / " + means["method"])
+    fig, axes = figure(6, 0.5 * part["label"].nunique() + 1.2)
+    sns.barplot(part, y="label", x=metric, hue="normalize", ax=axes[0, 0],
+                palette={"transductive": "#1f6fb4", "inductive": "#ff7f0e"})
+    axes[0, 0].set_xlim(0, 1)
+    axes[0, 0].set_xlabel(METRIC_LABELS[metric])
+    axes[0, 0].set_ylabel("")
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 5
+def ablations(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc")) -> Figure:
+    """Each variant's metric as a bar, the reference run as a dashed line."""
+    labels = frame["group"] + ": " + frame["variant"]
+    fig, axes = figure(4.2 * len(metrics), 0.32 * len(frame) + 1.2, ncols=len(metrics), sharey=True)
+    reference = frame[frame["group"] == "reference"]
+    for ax, metric in zip(axes[0], metrics):
+        colours = ["#1f6fb4" if g == "reference" else "#9ecae1" for g in frame["group"]]
+        ax.barh(labels, frame[metric], color=colours)
+        if len(reference):
+            ax.axvline(float(reference[metric].iloc[0]), color="black", linestyle="--", linewidth=0.9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(METRIC_LABELS[metric])
+        ax.invert_yaxis()
+    return fig

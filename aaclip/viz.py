@@ -1,0 +1,64 @@
+"""Heatmap overlays with a fixed colour scale, so that two images' colours mean the same score."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def denormalize(image_tensor, mean, std) -> np.ndarray:
+    """Undo the CLIP normalisation: (3,H,W) or (B,3,H,W) tensor -> uint8 (H,W,3) or (B,H,W,3)."""
+    image = _numpy(image_tensor).astype(np.float32)
+    channel_shape = (3, 1, 1) if image.ndim == 3 else (1, 3, 1, 1)
+    image = image * np.asarray(std, np.float32).reshape(channel_shape) + np.asarray(mean, np.float32).reshape(
+        channel_shape
+    )
+    image = np.moveaxis(image, -3, -1)
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image, anomaly_map, vmin: float = 0.0, vmax: float = 1.0, alpha: float = 0.5, cmap: str = "jet"):
+    """Blend a colour-mapped anomaly map over an RGB image -> uint8 (H, W, 3).
+
+    `image`: uint8 or float in [0, 1], (H, W, 3) or (H, W), or a PIL image. `anomaly_map`: (h, w);
+    resized bilinearly to the image if needed. Colours span [vmin, vmax] whatever the map's own
+    range, so a clean image stays blue instead of being stretched to red.
+    """
+    import matplotlib
+
+    rgb = _rgb_float(image)
+    heat = _resize(_numpy(anomaly_map).astype(np.float32), rgb.shape[:2])
+    if vmax <= vmin:
+        raise ValueError(f"overlay: vmax ({vmax}) must exceed vmin ({vmin})")
+    scaled = np.clip((heat - vmin) / (vmax - vmin), 0.0, 1.0)
+    colours = matplotlib.colormaps[cmap](scaled)[..., :3].astype(np.float32)
+    blended = (1.0 - alpha) * rgb + alpha * colours
+    return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _rgb_float(image) -> np.ndarray:
+    array = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else _numpy(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"overlay: expected an (H, W, 3) or (H, W) image, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    return np.clip(array.astype(np.float32), 0.0, 1.0)
+
+
+def _resize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if heat.ndim != 2:
+        raise ValueError(f"overlay: expected an (H, W) anomaly map, got shape {heat.shape}")
+    if heat.shape == tuple(size):
+        return heat
+    import torch
+    import torch.nn.functional as F
+
+    resized = F.interpolate(torch.from_numpy(heat)[None, None], size=size, mode="bilinear", align_corners=True)
+    return resized[0, 0].numpy()

@@ -1,0 +1,176 @@
+"""The torch Dataset: SPEC 1 preprocessing, SPEC 5 joint augmentation, anomalib field names."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+
+from aaclip.data.dataset import CLIP_MEAN, CLIP_STD, AnomalyDataset, load_dataset
+from aaclip.data.metadata import MetadataError, write_metadata
+from aaclip.errors import AAClipError
+
+MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+
+
+def save(image: Image.Image, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path.name
+
+
+def pixels(item) -> torch.Tensor:
+    """The item's image back in [0, 1]."""
+    return item["image"] * STD + MEAN
+
+
+def one(tmp_path, image, mask=None, size=16, **options):
+    """A dataset of one image (anomalous when a mask is given)."""
+    record = {"image_path": save(image, tmp_path / "img.png"), "label": int(mask is not None), "class_name": "x"}
+    if mask is not None:
+        record["mask_path"] = "mask/" + save(mask, tmp_path / "mask" / "m.png")
+    return AnomalyDataset([record], tmp_path, image_size=size, **options)
+
+
+def test_item_fields_resize_without_crop_and_clip_normalisation(tmp_path):
+    assert (CLIP_MEAN, CLIP_STD) == (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+    item = one(tmp_path, Image.new("RGB", (12, 7), (200, 100, 50)))[0]
+    assert set(item) == {"image", "gt_mask", "gt_label", "class_name", "image_path"}
+    assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
+    expected = (torch.tensor([200, 100, 50]).view(3, 1, 1) / 255 - MEAN) / STD
+    torch.testing.assert_close(item["image"], expected.expand(3, 16, 16), atol=1e-5, rtol=0)
+    assert item["gt_mask"].shape == (1, 16, 16) and item["gt_mask"].dtype == torch.float32
+    assert item["gt_mask"].sum() == 0 and item["gt_label"] == 0  # normal image: empty mask
+    assert (item["class_name"], item["image_path"]) == ("x", str(tmp_path / "img.png"))
+    # no crop: a left-half stripe stays the left half after the aspect-changing resize
+    striped = np.zeros((7, 12, 3), np.uint8)
+    striped[:, :6] = 255
+    image = pixels(one(tmp_path, Image.fromarray(striped))[0])
+    assert image[:, :, :7].min() > 0.95 and image[:, :, 9:].max() < 0.05
+
+
+@pytest.mark.parametrize(
+    "image, gray",
+    [(Image.new("L", (8, 8), 100), 100), (Image.new("LA", (8, 8), (100, 0)), 100),
+     (Image.new("RGBA", (8, 8), (100, 100, 100, 0)), 100), (Image.new("1", (8, 8), 1), 255),
+     (Image.new("I;16", (8, 8), 100 * 257), 100), (Image.new("P", (8, 8), 3), 3)],
+)  # fmt: skip
+def test_any_mode_becomes_rgb(tmp_path, image, gray):
+    if image.mode == "P":
+        image.putpalette([v for i in range(256) for v in (i, i, i)])
+    item = one(tmp_path, image)[0]
+    assert item["image"].shape == (3, 16, 16)
+    torch.testing.assert_close(pixels(item), torch.full((3, 16, 16), gray / 255), atol=1e-4, rtol=0)
+
+
+def test_mask_nearest_resize_then_nonzero(tmp_path):
+    values = np.zeros((8, 8), np.uint8)
+    values[:, 4:] = 128
+    values[0, 4] = 1  # faint but nonzero: still defect
+    item = one(tmp_path, Image.new("RGB", (8, 8)), Image.fromarray(values), size=16)[0]
+    expected = torch.zeros(1, 16, 16)
+    expected[:, :, 8:] = 1
+    assert item["gt_label"] == 1
+    assert torch.equal(item["gt_mask"], expected)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque everywhere: alpha is not the defect
+    rgba[:, 4:, 0] = 255
+    item = one(tmp_path, Image.new("RGB", (8, 8)), Image.fromarray(rgba, "RGBA"), size=16)[0]
+    assert torch.equal(item["gt_mask"], expected)
+
+
+def square_pair(tmp_path, **options):
+    """A white off-centre rectangle on black, and the same rectangle as mask."""
+    values = np.zeros((32, 32), np.uint8)
+    values[4:12, 6:20] = 255
+    return one(tmp_path, Image.fromarray(values).convert("RGB"), Image.fromarray(values), size=32, **options)
+
+
+def test_joint_augmentation_keeps_the_mask_on_the_defect(tmp_path):
+    dataset = square_pair(tmp_path, augment=True)
+    masks = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        item = dataset[0]
+        image = pixels(item)
+        bright = image.mean(0) > 0.5
+        assert torch.equal(bright, item["gt_mask"][0].bool()), seed
+        assert ((image < 0.01) | (image > 0.99)).all(), seed  # nearest, fill 0: no blended pixels
+        assert set(item["gt_mask"].unique().tolist()) <= {0.0, 1.0}
+        masks.add(item["gt_mask"].numpy().tobytes())
+    assert len(masks) > 6  # rotation, translation and flips really vary
+
+
+def test_augmentation_is_reproducible_from_torch_seed(tmp_path):
+    dataset = square_pair(tmp_path, augment=True, color_jitter=True)
+    dataset.records *= 4
+
+    def run(workers):
+        torch.manual_seed(11)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers)
+        return torch.cat([batch["image"] for batch in loader])
+
+    first = run(0)
+    assert torch.equal(first, run(0))
+    assert not torch.equal(first[0], first[1])  # each item draws its own augmentation
+    assert torch.equal(run(2), run(2))  # DataLoader workers: seeded from torch's generator too
+
+
+def test_color_jitter_changes_the_image_only(tmp_path):
+    plain = square_pair(tmp_path)[0]
+    dataset = square_pair(tmp_path, color_jitter=True)
+    changed = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        item = dataset[0]
+        assert torch.equal(item["gt_mask"], plain["gt_mask"])
+        changed += not torch.allclose(item["image"], plain["image"])
+    assert changed >= 4  # each of the three jitters applies with p 0.7
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[:300])
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG definitely not")
+    for name in ("truncated.png", "garbage.png"):
+        dataset = AnomalyDataset([{"image_path": name, "label": 0, "class_name": "x"}], tmp_path, image_size=8)
+        with pytest.raises(AAClipError, match=f"cannot read image {tmp_path / name}"):
+            dataset[0]
+
+
+def test_load_dataset_validates_and_selects_classes(tmp_path):
+    root = tmp_path / "MVTec"
+    records = []
+    for cls in ("bottle", "cable"):
+        records.append({"image_path": f"{cls}/test/good/0.png", "label": 0, "class_name": cls})
+        records.append({"image_path": f"{cls}/test/cut/0.png", "label": 1, "class_name": cls,
+                        "mask_path": f"{cls}/ground_truth/cut/0_mask.png"})  # fmt: skip
+    for record in records:
+        for key in ("image_path", "mask_path"):
+            if key in record:
+                save(Image.new("RGB", (8, 8)), root / record[key])
+    with pytest.raises(AAClipError, match="run 'aaclip prepare MVTec --root"):
+        load_dataset(tmp_path, "mvtec")
+    write_metadata(root / "full-shot.jsonl", records)
+    dataset = load_dataset(tmp_path, "mvtec-ad", image_size=16, classes=["cable"])
+    assert [r["class_name"] for r in dataset.records] == ["cable", "cable"]
+    assert load_dataset(tmp_path, "mvtec").class_names == ["bottle", "cable"]
+    assert dataset.info.name == "MVTec" and dataset[1]["gt_mask"].shape == (1, 16, 16)
+    with pytest.raises(AAClipError, match="no class 'screw'; it has bottle, cable"):
+        load_dataset(tmp_path, "mvtec", classes=["screw"])
+    with pytest.raises(AAClipError, match="run 'aaclip shots MVTec --k 2'"):
+        load_dataset(tmp_path, "mvtec", shot=2)
+    write_metadata(root / "full-shot.jsonl", records + [{**records[0], "image_path": "bottle/test/cut/0.png",
+                                                         "class_name": "botle"}])  # fmt: skip
+    with pytest.raises(AAClipError, match="class.es. botle not in MVTec: bottle, cable, capsule"):
+        load_dataset(tmp_path, "mvtec")
+    write_metadata(root / "full-shot.jsonl", records)
+    (root / "cable/ground_truth/cut/0_mask.png").unlink()
+    with pytest.raises(MetadataError, match=r"full-shot.jsonl:4: mask not found"):
+        load_dataset(tmp_path, "mvtec")
+    assert json.loads((root / "full-shot.jsonl").read_text().splitlines()[0])["label"] == 0

@@ -1,0 +1,63 @@
+"""Issue 4's README sequence, exactly as written, and AA-CLIP beating plain CLIP on the smoke world.
+
+The sequence runs as real `aaclip` processes in a fresh directory. `world` and `ckpt` are links
+to the session's smoke world and smoke run (built with the same seed and the smoke profile), so
+`aaclip miniature` and `aaclip train` find their finished work and return at once: `aaclip train`
+only does that if the flags produce exactly the training config of the session's run, which
+this test therefore checks too. Building and training themselves are tested in
+test_miniature.py and test_train.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aaclip.metrics import METRIC_NAMES
+
+pytestmark = pytest.mark.slow
+
+SEQUENCE = """
+aaclip miniature --size smoke --out world
+aaclip train --profile smoke --data-root world --dataset mini-aux --save-path ckpt
+aaclip test --profile smoke --data-root world --dataset mini-target --save-path ckpt --out res
+aaclip test --profile smoke --data-root world --dataset mini-target --baseline --out res-clip
+"""
+
+
+@pytest.fixture(scope="module")
+def readme_run(smoke_world, smoke_run, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("readme")
+    (cwd / "world").symlink_to(smoke_world, target_is_directory=True)
+    (cwd / "ckpt").symlink_to(smoke_run.save_path, target_is_directory=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    outputs = []
+    for line in SEQUENCE.strip().splitlines():
+        argv = line.split()
+        assert argv[0] == "aaclip"
+        done = subprocess.run([sys.executable, "-m", "aaclip", *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    return cwd, outputs
+
+
+def test_the_readme_sequence_writes_summaries_with_the_dataset_means(readme_run, smoke_run):
+    cwd, outputs = readme_run
+    assert "nothing to train" in outputs[1]  # same config as the session's run: the cache answered
+    for folder, baseline in (("res", False), ("res-clip", True)):
+        summary = json.loads((cwd / folder / "summary.json").read_text())
+        assert set(METRIC_NAMES) <= set(summary), folder
+        assert summary["dataset"] == "mini-target" and summary["baseline"] is baseline
+        assert summary["n_classes"] == 7 and (cwd / folder / "per_class.csv").is_file()
+        means = [summary[m] for m in METRIC_NAMES if m != "pixel_aupro"]
+        assert all(0.0 <= v <= 1.0 for v in means), summary
+
+
+def test_aa_clip_beats_the_no_adapter_baseline_on_pixel_and_image_auroc(readme_run):
+    cwd, _ = readme_run
+    aaclip = json.loads((cwd / "res" / "summary.json").read_text())
+    clip = json.loads((cwd / "res-clip" / "summary.json").read_text())
+    for metric in ("pixel_auroc", "image_auroc"):
+        assert aaclip[metric] > clip[metric], f"{metric}: AA-CLIP {aaclip[metric]:.3f} vs CLIP {clip[metric]:.3f}"
