@@ -342,28 +342,35 @@ def _check_finite(scores: np.ndarray, name: str) -> None:
 def _split_pixels(maps: np.ndarray, masks: np.ndarray, regions: bool):
     """Normal scores; anomalous scores with their region index and each region's PRO weight.
 
-    Regions are the 8-connected components of each image's mask (SPEC 8). Filled image by
-    image so that no temporary has the size of the whole class.
+    Regions are the 8-connected components of each image's mask (SPEC 8), labelled inside
+    the mask's bounding box (same components, far less work). Filled image by image so
+    that no temporary has the size of the whole class.
     """
-    masks_bool = [_as_binary(m, f"gt_mask[{i}]") for i, m in enumerate(masks)]
-    n_pos = sum(int(np.count_nonzero(m)) for m in masks_bool)
+    masks = [_as_binary(m, f"gt_mask[{i}]") for i, m in enumerate(masks)]
+    n_pos = sum(int(np.count_nonzero(m)) for m in masks)
     pos = np.empty(n_pos, dtype=maps.dtype)
     region = np.empty(n_pos, dtype=np.uint32) if regions else None
     neg = np.empty(maps.size - n_pos, dtype=maps.dtype)
     sizes, pos_at, neg_at = [], 0, 0
-    for image, mask in zip(maps, masks_bool):
-        normal = ~mask
-        n_normal = int(np.count_nonzero(normal))
-        neg[neg_at:neg_at + n_normal] = image[normal]
-        neg_at += n_normal
-        n_anomalous = mask.size - n_normal
-        if n_anomalous == 0:
+    for image, mask in zip(maps, masks):
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:  # a defect-free image: all its pixels are normal
+            neg[neg_at:neg_at + image.size] = image.ravel()
+            neg_at += image.size
             continue
-        pos[pos_at:pos_at + n_anomalous] = image[mask]
+        n_anomalous = int(np.count_nonzero(mask))
+        n_normal = mask.size - n_anomalous
+        np.compress(~mask.ravel(), image.ravel(), out=neg[neg_at:neg_at + n_normal])
+        neg_at += n_normal
+        cols = np.flatnonzero(mask.any(axis=0))
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        in_box = mask[box]  # row-major order inside the box = row-major order in the image
+        pos[pos_at:pos_at + n_anomalous] = image[box][in_box]
         if regions:
-            labelled, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
-            region[pos_at:pos_at + n_anomalous] = labelled[mask] - 1 + len(sizes)
-            sizes.extend(np.bincount(labelled[mask])[1:].tolist())
+            labelled, _ = ndimage.label(in_box, structure=EIGHT_CONNECTED)
+            region_of_pixel = labelled[in_box]
+            region[pos_at:pos_at + n_anomalous] = region_of_pixel - 1 + len(sizes)
+            sizes.extend(np.bincount(region_of_pixel)[1:].tolist())
         pos_at += n_anomalous
     region_weight = 1.0 / (len(sizes) * np.asarray(sizes, dtype=np.float64)) if sizes else None
     return pos, region, region_weight, neg

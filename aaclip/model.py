@@ -171,6 +171,8 @@ class AAClip(nn.Module):
     # ------------------------------------------------------------------ text
     def encode_text(self, tokens: torch.Tensor, adapted: bool = True) -> torch.Tensor:
         """Sentence embeddings (n, D), not normalised. Adapted: SPEC 2's text path; else CLIP's encode_text."""
+        from open_clip.transformer import text_global_pool
+
         clip = self.clip
         if not adapted:
             return clip.encode_text(tokens)
@@ -181,8 +183,6 @@ class AAClip(nn.Module):
             if i < self.text_adapt_until:
                 x = residual_adapt(x, self.text_adapter["adapters"][i], self.adapter_weight)
         x = clip.ln_final(x)
-        from open_clip.transformer import text_global_pool
-
         eot = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
         return self.text_adapter["proj"](eot)
 

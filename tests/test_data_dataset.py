@@ -165,8 +165,7 @@ def test_load_dataset_validates_and_selects_classes(tmp_path):
         load_dataset(tmp_path, "mvtec", classes=["screw"])
     with pytest.raises(AAClipError, match="run 'aaclip shots MVTec --k 2'"):
         load_dataset(tmp_path, "mvtec", shot=2)
-    write_metadata(root / "full-shot.jsonl", records + [{**records[0], "image_path": "bottle/test/cut/0.png",
-                                                         "class_name": "botle"}])  # fmt: skip
+    write_metadata(root / "full-shot.jsonl", [{**records[0], "class_name": "botle"}] + records[1:])
     with pytest.raises(AAClipError, match="class.es. botle not in MVTec: bottle, cable, capsule"):
         load_dataset(tmp_path, "mvtec")
     write_metadata(root / "full-shot.jsonl", records)

@@ -32,7 +32,7 @@ def registered(tmp_path_factory):
     open_clip.add_model_config(root)
 
 
-def small(registered_fixture=None, **overrides) -> AAClip:
+def small(**overrides) -> AAClip:
     torch.manual_seed(0)  # the same random backbone every time
     cfg = Config(**{"backbone": SMALL, "pretrained": "none", "image_size": 48, "device": "cpu", **overrides})
     return AAClip.from_config(cfg)

@@ -1,0 +1,67 @@
+"""What the miniature must show before anything is trained on it (the premise of the paper).
+
+- `class_accuracy`: the tiny CLIP recognises the target world's classes zero-shot, with the
+  prompt "a photo of a {name}." (it knows the classes);
+- `anchor_cosine`: its normal and abnormal text anchors (SPEC 3) of the target classes are
+  nearly the same direction (it cannot tell "a damaged nut" from "a nut");
+- `baseline_aurocs`: the plain tiny CLIP scored with SPEC 3 prompts and no adapters is near
+  chance on the target world (it is anomaly-unaware). Scored by `aaclip.evaluate.test`, the
+  same code that scores AA-CLIP, so the book compares like with like.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PROMPT = "a photo of a {}."
+
+
+@torch.no_grad()
+def class_accuracy(model, tokenizer, data_root, dataset: str = "mini-target", image_size: int = 64, batch_size: int = 64) -> dict:
+    """Zero-shot class recognition on a dataset's images (read by the data layer, as any dataset)."""
+    from aaclip.data.dataset import load_dataset
+
+    data = load_dataset(data_root, dataset, image_size=image_size)
+    classes = list(data.info.classes)
+    prompts = [PROMPT.format(data.info.prompt_names[c]) for c in classes]
+    text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    predicted, truth = [], []
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        images = torch.stack([item["image"] for item in items])
+        predicted += (F.normalize(model.encode_image(images), dim=-1) @ text.T).argmax(1).tolist()
+        truth += [classes.index(item["class_name"]) for item in items]
+    predicted, truth = torch.tensor(predicted), torch.tensor(truth)
+    per_class = {c: float((predicted[truth == i] == i).float().mean()) for i, c in enumerate(classes)}
+    return {"accuracy": float((predicted == truth).float().mean()), "per_class": per_class, "images": len(truth)}
+
+
+@torch.no_grad()
+def anchor_cosine(model, tokenizer, prompt_names: dict[str, str]) -> dict:
+    """Cosine between each class's normal and abnormal anchors (1.0 = the prompts are indistinguishable)."""
+    from aaclip.prompts import text_anchors
+
+    anchors = text_anchors(model.encode_text, tokenizer, list(prompt_names.values()))
+    cosines = (anchors[..., 0] * anchors[..., 1]).sum(-1)
+    per_class = {c: float(v) for c, v in zip(prompt_names, cosines)}
+    return {"mean": float(cosines.mean()), "per_class": per_class}
+
+
+def baseline_aurocs(cfg, datasets: tuple[str, ...] = ("mini-target", "mini-scan"), progress: bool = True) -> dict:
+    """Plain CLIP with SPEC 3 prompts, no adapters: dataset means and per-class figures per dataset."""
+    from aaclip import evaluate
+
+    cfg = cfg.replace(device="cpu")
+    results = {}
+    for name in datasets:
+        summary = evaluate.test(cfg, name, baseline=True, out_dir=None, progress=progress)
+        results[name] = {
+            "image_auroc": summary["image_auroc"],
+            "pixel_auroc": summary["pixel_auroc"],
+            "per_class": {
+                c: {"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"]}
+                for c, m in summary.get("per_class", {}).items()
+            },
+        }
+    return results
