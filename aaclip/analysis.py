@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from aaclip.config import Config
+from aaclip.errors import AAClipError
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 
@@ -312,36 +313,61 @@ class Ablation:
     group: str  # what the ablation asks, e.g. "stages"
     name: str  # the variant, e.g. "stage 1 only"
     changes: dict  # Config fields that differ from the reference run (empty: the reference itself)
-    shot: int | None = None  # a k-shot training file instead of the full split
 
 
-def ablations(cfg: Config, vision_depth: int) -> list[Ablation]:
-    """SPEC's switches and the paper's ablations, as Config changes of the reference run."""
+def ablation_schedule(cfg: Config) -> dict:
+    """What every variant shares: a short schedule (1 stage-1 epoch, up to 2 stage-2 epochs), no
+    augmentation, and a k-shot training file (16-shot, or the largest even k <= 16 the training
+    set holds), so that the dozen runs cost minutes, not hours. The reference row uses it too."""
+    k = max([k for k in (16, 8, 4, 2) if k <= largest_shot(cfg)], default=None)
+    if k is None:
+        raise AAClipError(f"{cfg.train_dataset} has a class without both a normal and an anomalous image")
+    return {"stage1_epochs": min(cfg.stage1_epochs, 1), "stage2_epochs": min(cfg.stage2_epochs, 2), "augment": False, "shot": k}
+
+
+def largest_shot(cfg: Config) -> int:
+    """The largest k for which every training class has k/2 normal and k/2 anomalous images."""
+    from aaclip.data.metadata import read_metadata
+    from aaclip.data.registry import metadata_path
+
+    records = read_metadata(metadata_path(cfg.data_root, cfg.train_dataset))
+    counts = pd.crosstab(pd.Series([r["class_name"] for r in records]), pd.Series([r["label"] for r in records]))
+    return 2 * int(counts.reindex(columns=[0, 1], fill_value=0).min().min())
+
+
+def ablations(cfg: Config, vision_depth: int, schedule: dict) -> tuple[list[Ablation], list[str]]:
+    """SPEC's switches and the paper's ablations as changes of the reference run; and the variants
+    this training set cannot support (a k-shot larger than its smallest class), with the reason."""
     quarter = max(1, vision_depth // 4)
-    levels_last = [vision_depth]
-    return [
-        Ablation("reference", "both stages (reference)", {}),
+    variants = [
+        Ablation("reference", f"both stages, {schedule['shot']}-shot (reference)", {}),
         Ablation("stages", "stage 1 only", {"train_stage2": False}),
         Ablation("stages", "stage 2 only", {"train_stage1": False}),
         Ablation("orthogonal loss", "no orthogonal loss", {"orth_weight": 0.0}),
         Ablation("adapter weight", "w = 0.02", {"adapter_weight": 0.02}),
         Ablation("adapter weight", "w = 0.5", {"adapter_weight": 0.5}),
-        Ablation("adapted layers", f"{max(1, quarter // 2)} image layer(s)", {"image_adapt_until": max(1, quarter // 2)}),
-        Ablation("adapted layers", f"{2 * quarter} image layers", {"image_adapt_until": 2 * quarter}),
-        Ablation("levels", "last level only", {"levels": levels_last}),
+        Ablation("adapted layers", f"{max(1, quarter // 2)} image block(s)", {"image_adapt_until": max(1, quarter // 2)}),
+        Ablation("adapted layers", f"{2 * quarter} image blocks", {"image_adapt_until": 2 * quarter}),
+        Ablation("levels", "last level only", {"levels": [vision_depth]}),
         Ablation("stage-1 loss", "paper's stage-1 loss", {"stage1_loss": "paper"}),
         Ablation("activation", "QuickGELU", {"activation": "quick_gelu"}),
-        Ablation("shots", "2-shot", {}, shot=2),
-        Ablation("shots", "16-shot", {}, shot=16),
-        Ablation("shots", "64-shot", {}, shot=64),
     ]
+    skipped, largest = [], largest_shot(cfg)
+    for k in (2, 16, 64):
+        if k == schedule["shot"]:
+            continue
+        if k <= largest:
+            variants.append(Ablation("shots", f"{k}-shot", {"shot": k}))
+        else:
+            skipped.append(f"{k}-shot: {cfg.train_dataset} has a class with only {largest // 2} normal or anomalous images")
+    variants.append(Ablation("shots", "full split", {"shot": -1}))
+    return variants, skipped
 
 
 def ablation_config(cfg: Config, ablation: Ablation, schedule: dict) -> Config:
-    """The variant's Config: the short schedule, its changes, and its own save path beside the run."""
+    """The variant's Config: the shared schedule, its changes, and its own save path beside the run."""
     slug = "".join(ch if ch.isalnum() else "-" for ch in ablation.name.lower()).strip("-")
-    shot = ablation.shot if ablation.shot is not None else cfg.shot
-    return cfg.replace(**schedule, **ablation.changes, shot=shot, save_path=f"{cfg.save_path}-ablations/{slug}")
+    return cfg.replace(**{**schedule, **ablation.changes}, save_path=f"{cfg.save_path}-ablations/{slug}")
 
 
 def ensure_shots(cfg: Config, ks) -> None:
@@ -349,7 +375,7 @@ def ensure_shots(cfg: Config, ks) -> None:
     from aaclip.data.registry import metadata_path
     from aaclip.data.shots import make_shots
 
-    missing = [k for k in ks if not metadata_path(cfg.data_root, cfg.train_dataset, k).is_file()]
+    missing = [k for k in ks if k != -1 and not metadata_path(cfg.data_root, cfg.train_dataset, k).is_file()]
     if missing:
         make_shots(cfg.data_root, cfg.train_dataset, missing, seed=cfg.seed)
 
@@ -360,12 +386,19 @@ def run_ablation(cfg: Config, ablation: Ablation, schedule: dict, dataset: str, 
 
     variant = ablation_config(cfg, ablation, schedule)
     model, result = trained_model(variant, progress=progress)
-    summary = test(variant, dataset, model=model, progress=progress)
+    summary = test(variant.replace(normalize="transductive"), dataset, model=model, progress=progress)
     return {
         "group": ablation.group, "variant": ablation.name,
         **{m: summary[m] for m in ("image_auroc", "pixel_auroc", "pixel_aupro")},
         "train_seconds": sum(result.seconds.values()), "cached": result.cached,
     }
+
+
+def vision_depth(cfg: Config) -> int:
+    """Number of vision blocks of cfg's backbone (loads it once; the ablations size their variants by it)."""
+    from aaclip.backbone import load_backbone
+
+    return load_backbone(cfg, device="cpu").vision_depth
 
 
 # --------------------------------------------------------------------------- pictures and evidence
@@ -429,14 +462,3 @@ def unawareness_evidence(model, cfg: Config, dataset) -> dict:
         "anchor_cosine": float(cosines[cosines["method"] == "CLIP"]["cosine"].mean()),
     }
 
-
-def ablation_schedule(cfg: Config) -> dict:
-    """The short schedule every ablation variant trains with: half of stage 1, a quarter of stage 2."""
-    return {"stage1_epochs": max(1, cfg.stage1_epochs // 2), "stage2_epochs": max(1, cfg.stage2_epochs // 4)}
-
-
-def vision_depth(cfg: Config) -> int:
-    """Number of vision blocks of cfg's backbone (loads it once; the ablations size their variants by it)."""
-    from aaclip.backbone import load_backbone
-
-    return load_backbone(cfg, device="cpu").vision_depth

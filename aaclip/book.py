@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def ensure_data(cfg, progress: bool = True) -> dict | None:
     from aaclip.data.registry import get_dataset, metadata_path
 
     if uses_miniature(cfg):
-        from aaclip.miniature import build_world
+        from aaclip.miniature.build import build_world
 
         size = "smoke" if Path(cfg.profile).stem == "smoke" else "default"
         return build_world(cfg.data_root, size=size, progress=progress)
@@ -326,11 +327,13 @@ def build_book(
         install_static_assets(staging / ASSET_DIR, lockfile=root / "package-lock.json")
         run_jupyter_book(staging)
         html = swap_in(staging / "_build" / "html", out / "html")
-    except BaseException:
+    except BaseException as err:
         failed = out / "last-failed"
         shutil.rmtree(failed, ignore_errors=True)
         os.replace(staging, failed)  # kept for inspection: executed notebooks and the sphinx log
         print(f"the previous book is unchanged; the failed build is kept in {failed}", file=sys.stderr)
+        if isinstance(err, BookError):  # point at the kept copy, not the staging folder that no longer exists
+            raise BookError(str(err).replace(str(staging), str(failed))) from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
     from aaclip.io import write_json
@@ -404,7 +407,7 @@ def run_jupyter_book(source: Path) -> None:
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(source), "-W", "--keep-going", "--builder", "html"]
     print("jupyter-book build -W ...", flush=True)
     run = subprocess.run(command, capture_output=True, text=True, cwd=source)
-    log = run.stdout + run.stderr
+    log = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)  # no terminal colours in messages
     (source / "jupyter-book.log").write_text(log)
     if run.returncode != 0 or not (source / "_build" / "html" / "index.html").is_file():
         problems = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]

@@ -293,9 +293,9 @@ def draw_bottle(u, v, main, second, rng, size):
 
 
 def draw_screw(u, v, main, second, rng, size):
-    head = np.hypot(u + 0.48, v) - 0.2
-    shaft = box(u - 0.14, v, 0.5, 0.085)
-    tip = polygon(u - 0.64, v, 3, 0.07, phase=0.0)
+    head = np.hypot(u + 0.48, v) - 0.22
+    shaft = box(u - 0.12, v, 0.48, 0.11)
+    tip = polygon(u - 0.62, v, 3, 0.09, phase=0.0)
     distance = np.minimum(np.minimum(head, shaft), tip)
     threads = 0.72 + 0.28 * (np.mod((u + 0.6 * v) / 0.075, 1.0) > 0.5)
     slot = (np.abs(v) < 0.025) & (head < -0.03)
@@ -342,10 +342,10 @@ def draw_marble(u, v, main, second, rng, size):
 
 
 def draw_weave(u, v, main, second, rng, size):
-    cell = rng.uniform(0.14, 0.2)
+    cell = rng.uniform(0.26, 0.36)
     i, j = np.floor(u / cell), np.floor(v / cell)
     across = np.where(np.mod(i + j, 2) == 0, np.mod(v / cell, 1.0), np.mod(u / cell, 1.0))
-    threads = 0.65 + 0.35 * np.abs(np.sin(np.pi * across * 3))
+    threads = 0.6 + 0.4 * np.abs(np.sin(np.pi * across * 2))
     fuzz = 0.05 * smooth_noise(rng, size, 16)
     return shade(main, threads + fuzz)
 
@@ -357,11 +357,19 @@ def draw_grain(u, v, main, second, rng, size):
 
 
 def draw_tile(u, v, main, second, rng, size):
+    period = rng.uniform(0.5, 0.65)
+    fu, fv = np.mod(u / period, 1.0), np.mod(v / period, 1.0)
+    grout = (np.minimum(fu, 1 - fu) < 0.035) | (np.minimum(fv, 1 - fv) < 0.035)
     surface = shade(main, 0.88 + 0.05 * smooth_noise(rng, size, 7))
-    speckles = rng.uniform(size=(size, size)) < 0.05
-    tones = rng.uniform(size=(size, size)) < 0.5
-    surface = np.where((speckles & tones)[..., None], second[None, None, :], surface)
-    return np.where((speckles & ~tones)[..., None], surface * 0.55, surface)
+    # speckles: at most one dot per small cell of the tile's own coordinates, from a random table
+    cell, table = 0.07, rng.uniform(size=(32, 32, 4))
+    ci, cj = np.floor(u / cell).astype(int) % 32, np.floor(v / cell).astype(int) % 32
+    spot = table[ci, cj]
+    du, dv = np.mod(u / cell, 1.0) - (0.25 + 0.5 * spot[..., 0]), np.mod(v / cell, 1.0) - (0.25 + 0.5 * spot[..., 1])
+    dot = (np.hypot(du, dv) < 0.28) & (spot[..., 2] < 0.45)
+    surface = np.where((dot & (spot[..., 3] < 0.5))[..., None], second[None, None, :], surface)
+    surface = np.where((dot & (spot[..., 3] >= 0.5))[..., None], surface * 0.5, surface)
+    return np.where(grout[..., None], np.full(3, 0.8, np.float32), surface)
 
 
 DRAW = {

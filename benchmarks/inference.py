@@ -1,0 +1,120 @@
+"""Inference: plain OpenCLIP `encode_image` beside AA-CLIP's full map and score, in one run.
+
+    python benchmarks/inference.py --json benchmarks/results/inference.json        # ViT-L-14-336 at 518
+    python benchmarks/inference.py --device cuda --batch-sizes 1 8 32 --repeats 10 --warmup 3 --json out.json
+
+- plain: `clip.encode_image(images)`, open_clip's own forward (what a CLIP user already runs);
+- AA-CLIP: `aaclip.evaluate.score_batch`, the very call evaluation times per batch: adapted
+  features (SPEC 2), the level maps, blur, upsampling and sum (SPEC 6.1-6.3) and the raw image
+  score (SPEC 6.4) for an industrial class.
+Both run under `torch.no_grad()` and the same autocast (`--precisions fp32 bf16`). Weights are
+random (`pretrained="none"`): time and memory do not depend on their values, and nothing is
+downloaded. For each (precision, batch size): `--warmup` untimed calls of each path, then
+`--repeats` rounds that each time plain and then AA-CLIP, so a change in machine load hits both.
+Target (issue 6): AA-CLIP at most 1.15x the plain forward (median time per image).
+"""
+
+from __future__ import annotations
+
+import time
+
+import harness
+
+TARGET_RATIO = 1.15
+
+
+def main(argv=None) -> dict:
+    p = harness.parser(__doc__)
+    p.add_argument("--backbone", default="ViT-L-14-336", help="open_clip model name (default ViT-L-14-336)")
+    p.add_argument("--image-size", type=int, default=518)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each path per setting")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    device = harness.setup_device(args)
+    info = harness.machine(device)
+
+    import torch
+
+    from aaclip.config import Config
+    from aaclip.evaluate import anchors_for, score_batch
+    from aaclip.model import AAClip, autocast
+
+    cfg = Config.load(None, backbone=args.backbone, pretrained="none", image_size=args.image_size, device=device)
+    torch.manual_seed(args.seed)
+    model = AAClip.from_config(cfg, device=device).eval()
+    rows = []
+    for precision in args.precisions:
+        run_cfg = cfg.replace(precision=precision)
+        anchors = anchors_for(model, run_cfg, ["object"], baseline=False)  # once per class, as evaluation does
+        for batch_size in args.batch_sizes:
+            gen = torch.Generator().manual_seed(args.seed)
+            images = torch.randn(batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
+            batch_anchors = anchors[[0] * batch_size]
+
+            def plain():
+                with torch.no_grad(), autocast(device, precision):
+                    model.clip.encode_image(images)
+
+            def aaclip():
+                score_batch(model, run_cfg, images, batch_anchors, "industrial", baseline=False)
+
+            rows.append(compare(plain, aaclip, device, precision, batch_size, args))
+    ratios = [row["ratio"] for row in rows]
+    return harness.write_results(
+        args.json,
+        "inference",
+        info,
+        started,
+        settings={
+            "backbone": args.backbone,
+            "pretrained": "none (random weights)",
+            "image_size": args.image_size,
+            "batch_sizes": args.batch_sizes,
+            "precisions": args.precisions,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "memory_method": harness.PeakMemory.method(device),
+            "aaclip_call": "aaclip.evaluate.score_batch (features + maps + score)",
+            "plain_call": "open_clip CLIP.encode_image",
+        },
+        model=model.describe(),
+        results=rows,
+        targets=[harness.target("AA-CLIP / plain time per image (worst setting)", max(ratios), TARGET_RATIO)],
+    )
+
+
+def compare(plain, aaclip, device: str, precision: str, batch_size: int, args) -> dict:
+    """Warm both paths up, then time them in alternation; the ratio is AA-CLIP's median over plain's."""
+    for _ in range(args.warmup):
+        plain()
+        aaclip()
+    times = {"plain": [], "aaclip": []}
+    peaks = {"plain": [], "aaclip": []}
+    for r in range(args.repeats):
+        for name, fn in (("plain", plain), ("aaclip", aaclip)):
+            seconds, peak = harness.timed(fn, device)
+            times[name].append(seconds)
+            peaks[name].append(peak)
+        print(
+            f"{precision} batch {batch_size} round {r + 1}/{args.repeats}: plain {times['plain'][-1]:.3f} s, "
+            f"AA-CLIP {times['aaclip'][-1]:.3f} s",
+            flush=True,
+        )
+    plain_s = harness.summary(times["plain"], peaks["plain"], batch_size)
+    aaclip_s = harness.summary(times["aaclip"], peaks["aaclip"], batch_size)
+    return {
+        "precision": precision,
+        "batch_size": batch_size,
+        "plain": plain_s,
+        "aaclip": aaclip_s,
+        "ratio": aaclip_s["median_s"] / plain_s["median_s"],
+        "target_met": aaclip_s["median_s"] / plain_s["median_s"] <= TARGET_RATIO,
+    }
+
+
+if __name__ == "__main__":
+    harness.main_guard(main)

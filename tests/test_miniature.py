@@ -1,0 +1,251 @@
+"""The miniature world (issue 3): honest synthetic data, exact masks, a tiny CLIP that knows classes.
+
+One smoke-size world is built per session (about half a minute on 2 cores); the other tests
+reuse it or draw a handful of pictures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aaclip.miniature import build, catalog, defects, generate, render, tiny_clip
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SEED = 0
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("miniature") / "world"
+    summary = build.build_world(out, size="smoke", seed=SEED, progress=False)
+    return out, summary
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- the world's design
+def test_auxiliary_and_target_worlds_are_disjoint_and_each_has_objects_and_textures():
+    aux = set(catalog.DATASETS["mini-aux"]["classes"])
+    target = set(catalog.DATASETS["mini-target"]["classes"])
+    assert not aux & target
+    assert len(aux | target) >= 12
+    for classes in (aux, target):
+        assert {catalog.CLASSES[c]["kind"] for c in classes} == {"object", "texture"}
+    assert catalog.DATASETS["mini-scan"]["domain"] == "medical"
+    # the paper's warning about overfitting to seen defect shapes needs kinds the aux world never shows
+    assert {"crack", "missing_part", "deformation"} <= set(catalog.UNSEEN_DEFECTS)
+
+
+def test_captions_name_class_and_colour_but_never_a_defect():
+    defect_words = re.compile(r"damag|broken|flaw|defect|scratch|crack|hole|stain|missing|contamin|deform|lesion")
+    for index in range(60):
+        scene = generate.pretrain_scene(index, SEED)
+        captions = scene.captions()
+        name = catalog.world_classes()[scene.class_name]
+        assert all(name in c for c in captions)
+        assert scene.kind == "scan" or any(scene.colour_phrase() in c for c in captions)
+        assert not any(defect_words.search(c) for c in captions), captions
+
+
+def test_every_prompt_and_caption_fits_the_tiny_clip_context():
+    from aaclip.prompts import sentences
+
+    _, tokenizer = tiny_clip.create_model()
+    context = tiny_clip.CONFIGS[tiny_clip.MODEL_NAME]["text_cfg"]["context_length"]
+    texts = [s for name in catalog.world_classes().values() for group in sentences(name) for s in group]
+    texts += [c for i in range(45) for c in generate.pretrain_scene(i, SEED).captions()]
+    longest = max(len(tokenizer.encode(t)) for t in texts) + 2  # start and end tokens
+    assert longest <= context
+
+
+# ---------------------------------------------------------------------------- defects and masks
+@pytest.mark.parametrize("dataset", list(catalog.DATASETS))
+def test_masks_cover_exactly_the_drawn_defects(dataset):
+    kinds_seen = set()
+    for class_name in catalog.DATASETS[dataset]["classes"]:
+        for index in range(4):
+            sample = generate.make_sample(dataset, class_name, index, 1, SEED, 96)
+            kinds_seen.add(sample.kind)
+            changed = np.abs(sample.image.astype(int) - sample.normal.astype(int)).max(-1) > 0
+            assert sample.mask.any()
+            assert not (changed & ~sample.mask).any(), f"{class_name}/{index} {sample.kind}: change outside mask"
+            coverage = (changed & sample.mask).sum() / sample.mask.sum()
+            assert coverage > 0.5, f"{class_name}/{index} {sample.kind}: mask covers unchanged pixels ({coverage:.2f})"
+    assert kinds_seen <= set(catalog.DATASETS[dataset]["defects"])
+
+
+@pytest.mark.parametrize("kind", defects.KINDS)
+def test_every_defect_kind_changes_only_its_mask(kind):
+    class_name = {"lesion": "brain"}.get(kind, "nut")
+    for index, subtle in enumerate((False, True)):
+        scene = render.sample_scene(class_name, np.random.default_rng(index))
+        layers = render.render(scene, 96)
+        composite, mask = defects.apply(kind, layers, np.random.default_rng(index), subtle)
+        before, after = render.finish(layers.composite(), layers), render.finish(composite, layers)
+        assert mask.any() and (after != before).any(-1).any()
+        assert not ((after != before).any(-1) & ~mask).any()
+
+
+def test_normal_pictures_have_no_mask_and_twin_equals_image():
+    sample = generate.make_sample("mini-target", "weave", 0, 0, SEED, 96)
+    assert sample.mask is None and sample.kind is None
+    assert np.array_equal(sample.image, sample.normal)
+
+
+# ---------------------------------------------------------------------------- files on disk
+@pytest.mark.slow
+def test_metadata_validates_through_the_dataset_layer(world):
+    from aaclip.data.dataset import load_dataset
+    from aaclip.data.metadata import count_labels, validate_metadata
+    from aaclip.data.registry import get_dataset
+
+    out, _ = world
+    for name in catalog.DATASETS:
+        records = validate_metadata(out / name / "full-shot.jsonl", out / name)
+        info = get_dataset(name)
+        assert set(info.classes) == {r["class_name"] for r in records}
+        for normal, anomalous in count_labels(records).values():
+            assert 0.35 <= normal / (normal + anomalous) <= 0.45
+    data = load_dataset(out, "mini-target", image_size=96)
+    item = next(data[i] for i, r in enumerate(data.records) if r["label"] == 1)
+    assert item["image"].shape == (3, 96, 96) and item["gt_mask"].sum() > 0
+
+
+@pytest.mark.slow
+def test_files_on_disk_are_the_drawn_samples(world):
+    from PIL import Image
+
+    out, _ = world
+    records = [json.loads(line) for line in (out / "mini-target" / "full-shot.jsonl").read_text().splitlines()]
+    record = next(r for r in records if r["label"] == 1)
+    index = int(Path(record["image_path"]).stem)
+    sample = generate.make_sample("mini-target", record["class_name"], index, 1, SEED, catalog.SIZES["smoke"]["image_px"])
+    assert np.array_equal(np.asarray(Image.open(out / "mini-target" / record["image_path"])), sample.image)
+    assert np.array_equal(np.asarray(Image.open(out / "mini-target" / record["mask_path"])) > 0, sample.mask)
+    assert f"/test/{sample.kind}/" in record["image_path"]
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_files_and_another_seed_differs(world, tmp_path):
+    out, _ = world
+    per_class = catalog.SIZES["smoke"]["mini-scan"]
+    px = catalog.SIZES["smoke"]["image_px"]
+    generate.write_dataset(tmp_path / "same", "mini-scan", per_class, SEED, px, progress=False)
+    generate.write_dataset(tmp_path / "other", "mini-scan", per_class, SEED + 1, px, progress=False)
+    reference = tree_hashes(out / "mini-scan")
+    assert tree_hashes(tmp_path / "same" / "mini-scan") == reference
+    other = tree_hashes(tmp_path / "other" / "mini-scan")
+
+    def pictures(hashes):  # picture index -> hash, whatever its defect folder
+        return {Path(p).stem: h for p, h in hashes.items() if "/test/" in p}
+
+    first, second = pictures(reference), pictures(other)
+    assert len(first) == len(second) == per_class
+    assert sum(first[k] != second[k] for k in first) == per_class
+
+
+def test_pretraining_is_deterministic():
+    images, captions, _ = generate.pretrain_set(16, SEED, 96, tiny_clip.NATIVE_SIZE, progress=False)
+    _, tokenizer = tiny_clip.create_model()
+    tokens = torch.stack([tokenizer(c) for c in build.equal_count(captions)])
+    settings = tiny_clip.PretrainSettings(epochs=1, batch_size=8)
+    first, _ = tiny_clip.pretrain(images, tokens, settings, seed=3, progress=False)
+    second, _ = tiny_clip.pretrain(images, tokens, settings, seed=3, progress=False)
+    third, _ = tiny_clip.pretrain(images, tokens, settings, seed=4, progress=False)
+    a, b, c = first.state_dict(), second.state_dict(), third.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------- cache
+@pytest.mark.slow
+def test_cache_is_reused_and_a_corrupt_file_is_rebuilt(world):
+    out, summary = world
+    weights = out / "tiny_clip" / "model.safetensors"
+    image = next((out / "mini-aux").rglob("*.png"))
+    original, weights_mtime = sha256(image), weights.stat().st_mtime_ns
+
+    again = build.build_world(out, size="smoke", seed=SEED, progress=False)
+    assert again["cached"] and again["class_accuracy"] == summary["class_accuracy"]
+
+    image.write_bytes(b"not a png")
+    rebuilt = build.build_world(out, size="smoke", seed=SEED, progress=False)
+    assert not rebuilt["cached"]
+    assert sha256(image) == original  # redrawn identically
+    assert weights.stat().st_mtime_ns == weights_mtime  # the intact tiny CLIP was kept
+
+
+@pytest.mark.slow
+def test_cache_is_stale_for_another_seed_size_or_a_missing_file(world):
+    out, _ = world
+    manifest = build.read_manifest(out)
+    assert build.part_is_valid(out, manifest, "datasets", build.part_key("datasets", "smoke", SEED))
+    assert not build.part_is_valid(out, manifest, "datasets", build.part_key("datasets", "smoke", SEED + 1))
+    assert not build.part_is_valid(out, manifest, "datasets", build.part_key("datasets", "default", SEED))
+    entry = dict(manifest["parts"]["datasets"], files={**manifest["parts"]["datasets"]["files"], "mini-aux/gone.png": "0"})
+    assert not build.part_is_valid(out, {"parts": {"datasets": entry}}, "datasets", entry["key"])
+
+
+# ---------------------------------------------------------------------------- the tiny CLIP
+@pytest.mark.slow
+def test_smoke_pretraining_beats_random_initialisation(world):
+    from aaclip.miniature import evidence
+
+    out, summary = world
+    model, tokenizer = tiny_clip.load(out / "tiny_clip")
+    untrained, _ = tiny_clip.create_model(seed=123)
+    trained = evidence.class_accuracy(model, tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
+    random = evidence.class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
+    assert trained >= random + 0.1, (trained, random)
+    assert summary["class_accuracy"] == pytest.approx(trained)
+
+
+@pytest.mark.slow
+def test_summary_holds_the_evidence(world):
+    out, summary = world
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("class_accuracy", "anchor_cosine", "baseline_image_auroc", "baseline_pixel_auroc", "seconds"):
+        assert key in on_disk
+    assert 0.0 <= on_disk["class_accuracy"] <= 1.0 and -1.0 <= on_disk["anchor_cosine"] <= 1.0
+    assert set(on_disk["class_accuracy_per_class"]) == set(catalog.DATASETS["mini-target"]["classes"])
+    assert on_disk["checkpoint_bytes"] == (out / "tiny_clip" / "model.safetensors").stat().st_size
+    config = json.loads((out / "tiny_clip" / "config.json").read_text())
+    assert config["model_name"] == tiny_clip.MODEL_NAME and config["seed"] == SEED
+
+
+@pytest.mark.slow
+def test_profiles_load_the_tiny_clip_from_the_world(world):
+    from aaclip.backbone import load_backbone
+    from aaclip.config import Config
+
+    out, _ = world
+    for profile in ("smoke", "miniature"):
+        cfg = Config.load(profile, data_root=str(out))
+        backbone = load_backbone(cfg)
+        assert backbone.image_size == cfg.image_size
+        assert backbone.grid_size == cfg.image_size // 8 >= 8
+        assert (backbone.vision_depth, backbone.text_depth) == (8, 4)
+
+
+@pytest.mark.slow
+def test_cli_reports_a_reused_world(world, capsys):
+    from aaclip.cli import main
+
+    out, _ = world
+    assert main(["miniature", "--size", "smoke", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "reused" in printed and "class accuracy" in printed
