@@ -148,7 +148,8 @@ def table(results: dict) -> str:
     if first:
         m = first["machine"]
         lines.append(
-            f"Measured {m['date']} on {m['device_name']} ({m['cpu_count']} CPU cores), torch {m['torch']}, "
+            f"Measured {m['date']} on {m['device_name']} ({m['cpu_count']} CPU cores), torch {m['torch']}"
+            f"{_threads(results)}, "
             f"open_clip {m['open_clip']}; plan `{run.get('plan', '?')}` (`{run.get('command', 'python benchmarks/run_all.py')}`), "
             f"{_minutes(run.get('total_s'))}. Load average (1, 5, 15 min) before the run: "
             f"{_load(run.get('load_average_before'))}, after: {_load(run.get('load_average_after'))}. "
@@ -291,6 +292,11 @@ def not_measured_section(results: dict) -> list[str]:
     if run.get("plan") == "quick":
         lines.append("- Everything at the issue's sizes: this was a `--quick` run (tiny backbone at 64 px).")
     return lines + [""] if len(lines) > 2 else []
+
+
+def _threads(results: dict) -> str:
+    threads = {r["machine"].get("torch_threads") for r in results.values() if "machine" in r} - {None}
+    return f" ({'/'.join(map(str, sorted(threads)))} CPU threads)" if threads else ""
 
 
 def _minutes(seconds) -> str:

@@ -22,7 +22,7 @@ DATASETS = {
         "role": "auxiliary world: AA-CLIP trains on it (VisA's role)",
         "classes": {
             "ring": "rubber ring",
-            "plate": "square metal plate",
+            "plate": "square plate",
             "pcb": "circuit board",
             "cookie": "star cookie",
             "stripes": "striped fabric",
@@ -38,7 +38,7 @@ DATASETS = {
             "nut": "hexagonal nut",
             "capsule": "capsule pill",
             "bottle": "bottle top",
-            "screw": "metal screw",
+            "screw": "slotted screw",
             "weave": "woven carpet",
             "grain": "wood grain",
             "tile": "speckled tile",
@@ -61,11 +61,12 @@ UNSEEN_DEFECTS = tuple(
     if kind not in DATASETS["mini-aux"]["defects"]
 )
 
-# Test split per class: (images per class, share of normal images). Real sets run from 27%
-# normal (MVTec-AD) to 44% (VisA); the miniature keeps 40%.
+# Images per class in each test split, pictures in the pretraining set, picture size on disk.
+# Normal images are NORMAL_SHARE of each class: real sets run from 27% normal (MVTec-AD) to
+# 44% (VisA); the miniature keeps 40%.
 SIZES = {
-    "default": {"mini-aux": 48, "mini-target": 40, "mini-scan": 120, "pretrain": 6000, "image_px": 128},
-    "smoke": {"mini-aux": 10, "mini-target": 10, "mini-scan": 20, "pretrain": 1500, "image_px": 128},
+    "default": {"mini-aux": 48, "mini-target": 40, "mini-scan": 120, "pretrain": 4000, "image_px": 96},
+    "smoke": {"mini-aux": 10, "mini-target": 10, "mini-scan": 20, "pretrain": 640, "image_px": 96},
 }
 NORMAL_SHARE = 0.4
 SUBTLE_SHARE = 0.3  # anomalous images whose defect is small or faint
@@ -117,7 +118,7 @@ CLASSES = {
     "capsule": {"kind": "object", "colours": ("red", "blue", "black", "green", "yellow"), "second": ("white", "orange", "yellow")},
     "bottle": {"kind": "object", "colours": ("brown", "green", "teal", "black")},
     "screw": {"kind": "object", "colours": ("silver", "black", "gold")},
-    "weave": {"kind": "texture", "colours": ("beige", "gray", "blue", "red", "brown")},
+    "weave": {"kind": "texture", "colours": ("beige", "gray", "blue", "red", "brown"), "second": ("white", "black", "yellow")},
     "grain": {"kind": "texture", "colours": ("tan", "brown", "red", "beige")},
     "tile": {"kind": "texture", "colours": ("white", "gray", "copper", "blue"), "second": ("black", "red", "brown")},
     # scans

@@ -52,7 +52,7 @@ def baseline_aurocs(cfg, datasets: tuple[str, ...] = ("mini-target", "mini-scan"
     """Plain CLIP with SPEC 3 prompts, no adapters: dataset means and per-class figures per dataset."""
     from aaclip import evaluate
 
-    cfg = cfg.replace(device="cpu")
+    cfg = cfg.replace(device="cpu", aupro="off")  # AUROCs only
     results = {}
     for name in datasets:
         summary = evaluate.test(cfg, name, baseline=True, out_dir=None, progress=progress)

@@ -13,6 +13,7 @@ coordinates in [-1, 1] onto them, so the drawing does not depend on the pixel si
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,7 +146,7 @@ def render(scene: Scene, size: int) -> Layers:
     dx, dy = LIGHTS[scene.light]
     gain = scene.brightness * (1.0 + scene.light_strength * (-dx * x - dy * y) * 0.5)
     grayscale = scene.kind == "scan"
-    grain = rng.normal(0.0, 0.012, (size, size, 1 if grayscale else 3)).astype(np.float32)
+    grain = 0.012 * rng.standard_normal((size, size, 1 if grayscale else 3), dtype=np.float32)
     grain = np.broadcast_to(grain, (size, size, 3)).copy()
     return Layers(
         surface=np.ascontiguousarray(surface, np.float32),
@@ -176,10 +177,23 @@ def rgb(name: str) -> np.ndarray:
 
 def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Value noise with about `cells` blobs across, unit standard deviation."""
-    coarse = rng.standard_normal((cells + 3, cells + 3)).astype(np.float32)
-    big = Image.fromarray(coarse, mode="F").resize((size * (cells + 3) // cells,) * 2, Image.Resampling.BICUBIC)
-    field = np.asarray(big)[:size, :size]
+    coarse = rng.standard_normal((cells + 3, cells + 3), dtype=np.float32)
+    weights = cubic_weights(size, cells)
+    field = weights @ coarse @ weights.T  # separable cubic interpolation of the coarse grid
     return (field - field.mean()) / (field.std() + 1e-6)
+
+
+@functools.lru_cache(maxsize=64)
+def cubic_weights(size: int, cells: int) -> np.ndarray:
+    """(size, cells + 3) Catmull-Rom weights sampling `cells` intervals of a padded coarse grid."""
+    position = 1.0 + (np.arange(size) + 0.5) * cells / size
+    base = np.floor(position).astype(int)
+    t = position - base
+    taps = [(-1, -0.5 * t**3 + t**2 - 0.5 * t), (0, 1.5 * t**3 - 2.5 * t**2 + 1), (1, -1.5 * t**3 + 2 * t**2 + 0.5 * t), (2, 0.5 * t**3 - 0.5 * t**2)]
+    weights = np.zeros((size, cells + 3), np.float32)
+    for offset, w in taps:
+        np.add.at(weights, (np.arange(size), base + offset), w)
+    return weights
 
 
 def background_layer(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -192,7 +206,8 @@ def shade(colour: np.ndarray, factor: np.ndarray) -> np.ndarray:
 
 
 def paint(surface: np.ndarray, where: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    return np.where(where[..., None], colour[None, None, :], surface)
+    surface[where] = colour  # in place: surfaces are fresh arrays
+    return surface
 
 
 def box(u, v, half_u, half_v, round_=0.0):
@@ -344,10 +359,10 @@ def draw_marble(u, v, main, second, rng, size):
 def draw_weave(u, v, main, second, rng, size):
     cell = rng.uniform(0.26, 0.36)
     i, j = np.floor(u / cell), np.floor(v / cell)
-    across = np.where(np.mod(i + j, 2) == 0, np.mod(v / cell, 1.0), np.mod(u / cell, 1.0))
-    threads = 0.6 + 0.4 * np.abs(np.sin(np.pi * across * 2))
-    fuzz = 0.05 * smooth_noise(rng, size, 16)
-    return shade(main, threads + fuzz)
+    lengthwise = np.mod(i + j, 2) == 0  # warp threads in one colour, weft threads in the other
+    across = np.where(lengthwise, np.mod(v / cell, 1.0), np.mod(u / cell, 1.0))
+    threads = 0.6 + 0.4 * np.abs(np.sin(np.pi * across * 2)) + 0.05 * smooth_noise(rng, size, 16)
+    return np.where(lengthwise[..., None], shade(main, threads), shade(second, threads))
 
 
 def draw_grain(u, v, main, second, rng, size):

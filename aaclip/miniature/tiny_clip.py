@@ -58,9 +58,9 @@ def create_model(name: str = MODEL_NAME, seed: int | None = None):
 
 @dataclass
 class PretrainSettings:
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 2e-3
+    epochs: int = 7
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
