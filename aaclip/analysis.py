@@ -227,7 +227,7 @@ def patch_embedding(model, cfg: Config, datasets: dict[str, object], baseline: b
                     rows += [{"role": role, "class_name": item["class_name"], "patch": kind}] * len(take)
     x = np.concatenate(feats)
     perplexity = float(min(30, max(5, (len(x) - 1) // 4)))
-    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(x)
     frame = pd.DataFrame(rows)
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
     return frame

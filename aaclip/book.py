@@ -91,10 +91,19 @@ def notebook_config(profile: str = "miniature", overrides: dict | None = None, *
 
 
 def training_digest(cfg) -> str:
-    """Ten hex digits naming the training settings (evaluation settings and paths left out)."""
+    """Ten hex digits naming the training settings (evaluation settings and paths left out).
+
+    A local weights file (the miniature's tiny CLIP) enters by size and modification time, so a
+    rebuilt world with a newly pretrained backbone gets a new run folder instead of an old run.
+    """
     from aaclip.checkpoint import EVALUATION_KEYS
 
     settings = {k: v for k, v in cfg.to_dict().items() if k not in EVALUATION_KEYS}
+    for weights in (Path(cfg.data_root) / cfg.pretrained, Path(cfg.pretrained)):
+        if weights.is_file():
+            stat = weights.stat()
+            settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
+            break
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 

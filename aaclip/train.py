@@ -117,7 +117,7 @@ class Trainer:
     def run(self, resume: bool) -> TrainResult:
         from aaclip.model import AAClip
 
-        seed_everything(self.cfg.seed)  # adapter initialisation (Xavier) is part of the experiment
+        seed_everything(self.cfg.seed)  # whatever draws random numbers while building is seeded too
         self.model = AAClip.from_config(self.cfg, device=self.device)
         self.model.eval()  # the backbone stays in eval mode; adapters have no train-only layers
         self.trainable = {id(p) for p in [*self.model.text_parameters(), *self.model.image_parameters()]}
@@ -216,6 +216,7 @@ class Trainer:
             values = {k: float(v.detach()) for k, v in parts.items()}
             if not np.isfinite(values["loss"]):
                 raise TrainingDivergedError(self.divergence_message(stage, epoch, step, values))
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if step == 0:
@@ -223,9 +224,7 @@ class Trainer:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()  # SPEC 5: milestones count iterations
-            self.history.append(
-                {"stage": stage, "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], **values}
-            )
+            self.history.append({"stage": stage, "epoch": epoch, "step": step, "lr": lr, **values})
             bar.set_postfix(loss=f"{values['loss']:.4f}")
 
     # one step's loss, per stage

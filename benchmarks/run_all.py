@@ -254,7 +254,8 @@ def evaluation_section(r: dict) -> list[str]:
         lines.append(f"| {d['dataset']} | {d['n_images']} | {d['n_classes']} | {d['seconds']:.1f} | "
                      f"{d['ms_per_image']:.0f} | {d['inference_ms_per_image']:.0f} |")
     if "training_s" in pipe:
-        lines += ["", f"(Building that smoke world took {pipe['world_build_s']:.0f} s and training {pipe['training_s']:.0f} s, not counted above.)"]
+        world = "was already built" if pipe["world_was_cached"] else f"was built in {pipe['world_build_s']:.0f} s"
+        lines += ["", f"(The smoke world {world}; training the run took {pipe['training_s']:.0f} s; neither is counted above.)"]
     return lines + [""]
 
 

@@ -117,7 +117,7 @@ CLASSES = {
     "nut": {"kind": "object", "colours": ("silver", "gold", "gray", "copper")},
     "capsule": {"kind": "object", "colours": ("red", "blue", "black", "green", "yellow"), "second": ("white", "orange", "yellow")},
     "bottle": {"kind": "object", "colours": ("brown", "green", "teal", "black")},
-    "screw": {"kind": "object", "colours": ("silver", "black", "gold")},
+    "screw": {"kind": "object", "colours": ("silver", "black", "blue")},
     "weave": {"kind": "texture", "colours": ("beige", "gray", "blue", "red", "brown"), "second": ("white", "black", "yellow")},
     "grain": {"kind": "texture", "colours": ("tan", "brown", "red", "beige")},
     "tile": {"kind": "texture", "colours": ("white", "gray", "copper", "blue"), "second": ("black", "red", "brown")},

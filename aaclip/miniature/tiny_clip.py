@@ -62,7 +62,7 @@ class PretrainSettings:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.1
-    warmup_fraction: float = 0.1
+    warmup_steps: int = 40  # at most half the run; a short warmup at this lr collapses the features
     betas: tuple[float, float] = (0.9, 0.98)
     shift: int = 4  # random translation in pixels (pad + crop): light augmentation that keeps captions true
 
@@ -82,7 +82,7 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     n = images.shape[0]
     steps_per_epoch = max(1, n // settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    warmup = max(1, int(settings.warmup_fraction * total))
+    warmup = max(1, min(settings.warmup_steps, total // 2))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
     loss_fn = ClipLoss()
     mean, std = clip_mean_std()
