@@ -168,7 +168,7 @@ def run_predict(args) -> int:
     rows = predict_images(model, run_cfg, args.inputs, args.out, object_name=args.object, domain=args.domain)
     failed = [r for r in rows if r["error"]]
     for row in failed:
-        print(f"aaclip predict: could not read {row['image_path']}: {row['error']}", file=sys.stderr)
+        print(f"aaclip predict: skipped: {row['error']}", file=sys.stderr)
     print(f"scored {len(rows) - len(failed)} of {len(rows)} images -> {args.out}")
     return 1 if failed else 0
 

@@ -355,17 +355,15 @@ def predict_images(
 
 
 def expand_image_paths(paths) -> list[Path]:
-    """Files as given; folders -> their image files (recursively, sorted). A missing path is an error."""
+    """Files as given; folders -> their image files (recursively, sorted)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
+        else:  # a missing file stays in the list: it is reported in its row like an unreadable one
             files.append(path)
-        else:
-            raise AAClipError(f"{path}: no such file or folder")
     if not files:
         raise AAClipError(f"no images found in {', '.join(map(str, paths))}")
     return files

@@ -112,7 +112,12 @@ def metric_times(args) -> dict:
 # ---------------------------------------------------------------------------------- 2. pipeline
 def pipeline_times(args, device: str) -> dict:
     """Seconds of `aaclip.evaluate.test` per test dataset of a trained miniature run."""
-    run = find_run(args, device)
+    try:
+        run = find_run(args, device)
+    except AAClipError as err:
+        if args.save_path:
+            raise  # the user named the run: say what is wrong with it
+        return {"measured": False, "why": f"no run to evaluate: training one failed: {err}"}
     if run is None:
         return {"measured": False, "why": "no trained miniature run found (runs/<profile>/*/last.json) and --pipeline is not train"}
     cfg = run.pop("cfg")

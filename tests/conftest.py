@@ -19,7 +19,6 @@ def smoke_world(tmp_path_factory):
     from aaclip.miniature import build_world
 
     root = tmp_path_factory.mktemp("smoke-world")
-    import shutil; shutil.copytree("/tmp/dev/wsmoke", root, dirs_exist_ok=True); return root  # DEVTEMP
     build_world(root, size="smoke", seed=0, progress=False)
     return root
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip.evaluate import load_predictions, predict_images, test
+from aaclip import evaluate
+from aaclip.evaluate import load_predictions, predict_images
 from aaclip.metrics import METRIC_NAMES
 from aaclip.viz import denormalize, overlay
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def target_results(smoke_cfg, smoke_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    summary = test(smoke_cfg, "mini-target", out_dir=out, save_predictions=True, progress=False)
+    summary = evaluate.test(smoke_cfg, "mini-target", out_dir=out, save_predictions=True, progress=False)
     return out, summary
 
 
@@ -60,7 +61,7 @@ def test_saved_predictions_reload_for_the_explorer(target_results, smoke_cfg):
 def test_inductive_and_original_resolution_modes_are_recorded(smoke_cfg, smoke_run, target_results, tmp_path):
     _, transductive = target_results
     cfg = smoke_cfg.replace(normalize="inductive", metric_resolution="original", aupro="off")
-    summary = test(cfg, "mini-target", out_dir=tmp_path, progress=False)
+    summary = evaluate.test(cfg, "mini-target", out_dir=tmp_path, progress=False)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert (written["normalize"], written["metric_resolution"], written["aupro"]) == ("inductive", "original", "off")
     assert written["pixel_aupro"] is None and summary["counts"]["pixel_aupro"] == 0

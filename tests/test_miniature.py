@@ -64,7 +64,7 @@ def test_captions_name_class_and_colour_but_never_a_defect():
 def test_every_prompt_and_caption_fits_the_tiny_clip_context():
     from aaclip.prompts import sentences
 
-    _, tokenizer = tiny_clip.create_model()
+    tokenizer = tiny_clip.get_tokenizer()
     context = tiny_clip.CONFIGS[tiny_clip.MODEL_NAME]["text_cfg"]["context_length"]
     texts = [s for name in catalog.world_classes().values() for group in sentences(name) for s in group]
     texts += [c for i in range(45) for c in generate.pretrain_scene(i, SEED).captions()]
@@ -160,7 +160,7 @@ def test_same_seed_gives_the_same_files_and_another_seed_differs(world, tmp_path
 
 def test_pretraining_is_deterministic():
     images, captions, _ = generate.pretrain_set(16, SEED, 96, tiny_clip.NATIVE_SIZE, progress=False)
-    _, tokenizer = tiny_clip.create_model()
+    tokenizer = tiny_clip.get_tokenizer()
     tokens = torch.stack([tokenizer(c) for c in build.equal_count(captions)])
     settings = tiny_clip.PretrainSettings(epochs=1, batch_size=8)
     first, _ = tiny_clip.pretrain(images, tokens, settings, seed=3, progress=False)

@@ -11,7 +11,8 @@ The build has three parts (datasets, tiny_clip, evidence). A part is reused only
 manifest's key (world version, size, seed, digest of the code that makes the part) matches and
 every one of its files still has its recorded hash; otherwise it is rebuilt, never silently
 used. The manifest is removed before any rebuilding and written last, so an interrupted build
-leaves no valid cache behind.
+leaves no valid cache behind. `seconds` in the summary is the cost of all three parts (a reused
+part counts with the time it took when it was built).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
         SIZES[size]["pretrain"], seed, SIZES[size]["image_px"], tiny_clip.NATIVE_SIZE, progress
     )
     drawn = time.perf_counter()
-    _, tokenizer = tiny_clip.create_model()
+    tokenizer = tiny_clip.get_tokenizer()
     tokens = torch.stack([tokenizer(texts) for texts in equal_count(captions)])
     settings = tiny_clip.PretrainSettings(**SETTINGS_OF_SIZE[size])
     model, history = tiny_clip.pretrain(images, tokens, settings, seed, progress)

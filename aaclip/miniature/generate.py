@@ -90,7 +90,7 @@ def write_sample(root: Path, class_name: str, index: int, sample: Sample) -> dic
     save_png(root / record["image_path"], render.to_pil(sample.image, sample.grayscale))
     if sample.label:
         record["mask_path"] = f"{class_name}/ground_truth/{folder}/{index:03d}_mask.png"
-        save_png(root / record["mask_path"], Image.fromarray((sample.mask * 255).astype(np.uint8), mode="L"))
+        save_png(root / record["mask_path"], Image.fromarray((sample.mask * 255).astype(np.uint8)))
     return record
 
 

@@ -80,7 +80,8 @@ def finish(composite: np.ndarray, layers: Layers) -> np.ndarray:
 
 
 def to_pil(pixels: np.ndarray, grayscale: bool) -> Image.Image:
-    return Image.fromarray(pixels[..., 0] if grayscale else pixels, mode="L" if grayscale else "RGB")
+    """8-bit grayscale (mode L) for scans, RGB otherwise."""
+    return Image.fromarray(np.ascontiguousarray(pixels[..., 0]) if grayscale else pixels)
 
 
 # ---------------------------------------------------------------------------- scenes

@@ -53,7 +53,15 @@ def create_model(name: str = MODEL_NAME, seed: int | None = None):
     if seed is not None:
         torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None)
-    return model, open_clip.get_tokenizer(name)
+    return model, get_tokenizer(name)
+
+
+def get_tokenizer(name: str = MODEL_NAME):
+    """open_clip's OpenAI BPE tokenizer at the config's context length (works offline)."""
+    import open_clip
+
+    register_configs()
+    return open_clip.get_tokenizer(name)
 
 
 @dataclass
