@@ -144,8 +144,8 @@ def tsne(frames: dict[str, pd.DataFrame]) -> Figure:
 def level_maps(maps, rows: int = 4, titles: list[str] | None = None) -> Figure:
     """Per image: the image (mask outlined), the map of every level, and the fused map.
 
-    Each map is shown on its own colour scale across the shown images (levels differ in range),
-    so colours compare between images within a column.
+    Each map is stretched over its own range (1st to 99.5th percentile): the levels differ in
+    offset and scale, and what this figure shows is where within the image each level responds.
     """
     n_levels = maps.levels.shape[1]
     rows = min(rows, len(maps.images))
@@ -157,7 +157,7 @@ def level_maps(maps, rows: int = 4, titles: list[str] | None = None) -> Figure:
         axes[r, 0].imshow(with_outline(maps.images[r], maps.gt_mask[r], (255, 0, 0)))
         axes[r, 0].set_title(titles[r] if titles else maps.class_name[r], fontsize=8)
         for c, (values, name) in enumerate(zip(columns, names), start=1):
-            lo, hi = np.percentile(values, [1, 99.5])
+            lo, hi = np.percentile(values[r], [1, 99.5])
             axes[r, c].imshow(values[r], cmap="jet", vmin=lo, vmax=max(hi, lo + 1e-6))
             axes[r, c].contour(maps.gt_mask[r], levels=[0.5], colors="white", linewidths=0.7)
             if r == 0:

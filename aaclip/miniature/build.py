@@ -38,9 +38,10 @@ SETTINGS_OF_SIZE = {  # pretraining recipe per size: epochs over the drawn set, 
     "smoke": {"epochs": 3},  # 30 steps: enough to beat random initialisation, not to be good
 }
 # The code each part depends on: changing it invalidates the part's cache.
+_WORLD = ("aaclip.miniature.catalog", "aaclip.miniature.render", "aaclip.miniature.generate")
 PART_SOURCES = {
-    "datasets": ("aaclip.miniature.catalog", "aaclip.miniature.render", "aaclip.miniature.defects", "aaclip.miniature.generate"),
-    "tiny_clip": ("aaclip.miniature.catalog", "aaclip.miniature.render", "aaclip.miniature.generate", "aaclip.miniature.tiny_clip"),
+    "datasets": (*_WORLD, "aaclip.miniature.defects"),
+    "tiny_clip": (*_WORLD, "aaclip.miniature.tiny_clip"),
     "evidence": (
         "aaclip.miniature.evidence", "aaclip.prompts", "aaclip.evaluate", "aaclip.model", "aaclip.backbone",
         "aaclip.scoring", "aaclip.metrics", "aaclip.data.dataset",
@@ -49,7 +50,9 @@ PART_SOURCES = {
 PARTS = tuple(PART_SOURCES)
 
 
-def build_world(out: str | Path = "data/miniature", size: str = "default", seed: int = 0, progress: bool = True) -> dict:
+def build_world(
+    out: str | Path = "data/miniature", size: str = "default", seed: int = 0, progress: bool = True
+) -> dict:
     """Build (or reuse) the miniature world in `out`; returns the evidence summary."""
     if size not in SIZES:
         raise AAClipError(f"size={size!r}: choose one of {', '.join(SIZES)}")
@@ -83,7 +86,8 @@ def build_datasets(out: Path, size: str, seed: int, progress: bool) -> dict:
     for name in DATASETS:
         shutil.rmtree(out / name, ignore_errors=True)  # no stale files from another size or seed
         records = write_dataset(out, name, SIZES[size][name], seed, SIZES[size]["image_px"], progress)
-        counts[name] = {"normal": sum(r["label"] == 0 for r in records), "anomalous": sum(r["label"] == 1 for r in records)}
+        anomalous = sum(r["label"] for r in records)
+        counts[name] = {"normal": len(records) - anomalous, "anomalous": anomalous}
     files = hash_files(out, [p for name in DATASETS for p in sorted((out / name).rglob("*")) if p.is_file()])
     return {"files": files, "seconds": time.perf_counter() - start, "counts": counts}
 
@@ -125,10 +129,7 @@ def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool)
     aux_accuracy = evidence.class_accuracy(model, tokenizer, out, "mini-aux", tiny_clip.NATIVE_SIZE)
     cosine = evidence.anchor_cosine(model, tokenizer, target)
     cfg = Config.load(PROFILE_OF_SIZE[size], data_root=str(out))
-    if importlib.util.find_spec("aaclip.evaluate") is not None:
-        baseline = evidence.baseline_aurocs(cfg, progress=progress)
-    else:  # the scoring code is not there yet: say so rather than invent a number
-        baseline = {name: {"image_auroc": None, "pixel_auroc": None, "pending": "aaclip.evaluate missing"} for name in ("mini-target", "mini-scan")}
+    baseline = evidence.baseline_aurocs(cfg, progress=progress)
     seconds = time.perf_counter() - start
     weights = out / TINY_CLIP_DIR / "model.safetensors"
     summary = {

@@ -106,6 +106,8 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
             batch = (batch.float() / 255.0 - mean) / std
             image_features, text_features, logit_scale = model(batch, tokens[index, pick])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
