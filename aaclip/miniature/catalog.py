@@ -104,6 +104,7 @@ LIGHTS = {  # caption phrase -> light direction (x, y) in image coordinates; (0,
 
 # kind: object (drawn on a background), texture (fills the frame) or scan (grayscale).
 # colours: palette names; a texture's pair is (main, second) for its pattern.
+# fmt: off
 CLASSES = {
     # auxiliary world
     "ring": {"kind": "object", "colours": ("black", "red", "blue", "green", "orange")},
@@ -124,6 +125,7 @@ CLASSES = {
     # scans
     "brain": {"kind": "scan", "colours": ("gray",)},
 }
+# fmt: on
 
 # Captions name class, colour, background and light, never a defect (the pretraining images
 # are all normal): this is what keeps the tiny CLIP anomaly-unaware.

@@ -116,7 +116,8 @@ def crack(layers, composite, rng, subtle):
     mask = stroke(size, trunk, 1 if subtle else 2)
     for _ in range(0 if subtle else int(rng.integers(1, 3))):  # branches: what makes a crack a crack
         fork = trunk[int(rng.integers(1, len(trunk) - 1))]
-        mask |= stroke(size, wander(fork, int(rng.integers(3, 6)), step, angle + rng.choice([-1, 1]) * 0.9, 0.6, rng), 1)
+        turn = angle + rng.choice([-1, 1]) * 0.9
+        mask |= stroke(size, wander(fork, int(rng.integers(3, 6)), step, turn, 0.6, rng), 1)
     return blend(composite, 0.03, 0.6 if subtle else 0.85), mask & on_object(layers)
 
 

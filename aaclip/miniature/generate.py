@@ -66,7 +66,7 @@ def make_sample(dataset: str, class_name: str, index: int, label: int, seed: int
     return Sample(scene, 1, kind, subtle, image, normal, mask)
 
 
-def write_dataset(out: str | Path, dataset: str, per_class: int, seed: int, size: int, progress: bool = True) -> list[dict]:
+def write_dataset(out: str | Path, dataset: str, per_class: int, seed: int, size: int, progress=True) -> list[dict]:
     """Images, masks and `full-shot.jsonl` of one miniature dataset under `out/dataset`; its records."""
     from aaclip.data.metadata import write_metadata
 
@@ -86,7 +86,8 @@ def write_dataset(out: str | Path, dataset: str, per_class: int, seed: int, size
 
 def write_sample(root: Path, class_name: str, index: int, sample: Sample) -> dict:
     folder = sample.kind or "good"
-    record = {"image_path": f"{class_name}/test/{folder}/{index:03d}.png", "label": sample.label, "class_name": class_name}
+    image_path = f"{class_name}/test/{folder}/{index:03d}.png"
+    record = {"image_path": image_path, "label": sample.label, "class_name": class_name}
     save_png(root / record["image_path"], render.to_pil(sample.image, sample.grayscale))
     if sample.label:
         record["mask_path"] = f"{class_name}/ground_truth/{folder}/{index:03d}_mask.png"

@@ -190,7 +190,12 @@ def cubic_weights(size: int, cells: int) -> np.ndarray:
     position = 1.0 + (np.arange(size) + 0.5) * cells / size
     base = np.floor(position).astype(int)
     t = position - base
-    taps = [(-1, -0.5 * t**3 + t**2 - 0.5 * t), (0, 1.5 * t**3 - 2.5 * t**2 + 1), (1, -1.5 * t**3 + 2 * t**2 + 0.5 * t), (2, 0.5 * t**3 - 0.5 * t**2)]
+    taps = [
+        (-1, -0.5 * t**3 + t**2 - 0.5 * t),
+        (0, 1.5 * t**3 - 2.5 * t**2 + 1),
+        (1, -1.5 * t**3 + 2 * t**2 + 0.5 * t),
+        (2, 0.5 * t**3 - 0.5 * t**2),
+    ]
     weights = np.zeros((size, cells + 3), np.float32)
     for offset, w in taps:
         np.add.at(weights, (np.arange(size), base + offset), w)
@@ -327,7 +332,8 @@ def draw_brain(u, v, main, second, rng, size):
     skull = r > 0.88
     folds = 0.07 * smooth_noise(rng, size, 14) + 0.05 * np.sin(18 * r + 3 * smooth_noise(rng, size, 4))
     tissue = 0.45 + folds - 0.1 * r
-    ventricles = np.minimum(np.hypot((u - 0.09) / 0.05, (v + 0.02) / 0.18), np.hypot((u + 0.09) / 0.05, (v + 0.02) / 0.18)) < 1
+    left, right = np.hypot((u + 0.09) / 0.05, (v + 0.02) / 0.18), np.hypot((u - 0.09) / 0.05, (v + 0.02) / 0.18)
+    ventricles = np.minimum(left, right) < 1
     grey = np.where(skull, 0.88, np.where(ventricles, 0.12, tissue))
     return distance, np.repeat(grey[..., None], 3, axis=2)
 
@@ -344,7 +350,7 @@ def draw_mesh(u, v, main, second, rng, size):
     period, wire = rng.uniform(0.16, 0.24), 0.2
     fu, fv = np.mod(u / period, 1.0), np.mod(v / period, 1.0)
     on_u, on_v = np.abs(fu - 0.5) < wire, np.abs(fv - 0.5) < wire
-    roundness = np.maximum(np.where(on_u, 1 - np.abs(fu - 0.5) / wire, 0), np.where(on_v, 1 - np.abs(fv - 0.5) / wire, 0))
+    roundness = np.maximum(on_u * (1 - np.abs(fu - 0.5) / wire), on_v * (1 - np.abs(fv - 0.5) / wire))
     backing = shade(second, 0.55 + 0.05 * smooth_noise(rng, size, 6))
     metal = shade(main, 0.55 + 0.45 * roundness)
     return np.where((on_u | on_v)[..., None], metal, backing)

@@ -155,7 +155,7 @@ def clip_mean_std() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- files
-def save(model, directory: str | Path, settings: PretrainSettings, seed: int, extra: dict | None = None) -> dict[str, Path]:
+def save(model, directory: str | Path, settings: PretrainSettings, seed: int, extra: dict | None = None) -> dict:
     """`model.safetensors` (open_clip's state-dict names) and `config.json` (name, open_clip cfg, recipe)."""
     from safetensors.torch import save_file
 
