@@ -22,3 +22,15 @@ def test_failure_keeps_previous_file_and_cleans_up(tmp_path):
             raise RuntimeError("disk full")
     assert path.read_text().strip().startswith('{\n  "ok": 1')
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

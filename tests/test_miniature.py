@@ -1,7 +1,7 @@
 """The miniature world (issue 3): honest synthetic data, exact masks, a tiny CLIP that knows classes.
 
-One smoke-size world is built per session (about half a minute on 2 cores); the other tests
-reuse it or draw a handful of pictures.
+The smoke-size world is conftest's `smoke_world`, built once per session; the other tests draw
+a handful of pictures.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,15 @@ SEED = 0
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("miniature") / "world"
-    summary = build.build_world(out, size="smoke", seed=SEED, progress=False)
-    return out, summary
+def world(smoke_world) -> tuple[Path, dict]:
+    """conftest's session smoke world (seed 0) and its summary; tests here only read it."""
+    return smoke_world, json.loads((smoke_world / "summary.json").read_text())
+
+
+@pytest.fixture
+def world_copy(world, tmp_path) -> Path:
+    """A private copy to corrupt: other tests keep using the shared world."""
+    return Path(shutil.copytree(world[0], tmp_path / "world"))
 
 
 def sha256(path: Path) -> str:
@@ -151,8 +157,9 @@ def test_same_seed_gives_the_same_files_and_another_seed_differs(world, tmp_path
     px = catalog.SIZES["smoke"]["image_px"]
     generate.write_dataset(tmp_path / "same", "mini-scan", per_class, SEED, px, progress=False)
     generate.write_dataset(tmp_path / "other", "mini-scan", per_class, SEED + 1, px, progress=False)
-    reference = tree_hashes(out / "mini-scan")
-    assert tree_hashes(tmp_path / "same" / "mini-scan") == reference
+    same = tree_hashes(tmp_path / "same" / "mini-scan")
+    reference = {p: sha256(out / "mini-scan" / p) for p in same}  # the world may hold later files (shots)
+    assert same == reference
     other = tree_hashes(tmp_path / "other" / "mini-scan")
 
     def pictures(hashes):  # picture index -> hash, whatever its defect folder
@@ -178,8 +185,8 @@ def test_pretraining_is_deterministic():
 
 # ---------------------------------------------------------------------------- cache
 @pytest.mark.slow
-def test_cache_is_reused_and_a_corrupt_file_is_rebuilt(world):
-    out, summary = world
+def test_cache_is_reused_and_a_corrupt_file_is_rebuilt(world, world_copy):
+    out, summary = world_copy, world[1]
     weights = out / "tiny_clip" / "model.safetensors"
     image = next((out / "mini-aux").rglob("*.png"))
     original, weights_mtime = sha256(image), weights.stat().st_mtime_ns
@@ -192,6 +199,21 @@ def test_cache_is_reused_and_a_corrupt_file_is_rebuilt(world):
     assert not rebuilt["cached"]
     assert sha256(image) == original  # redrawn identically
     assert weights.stat().st_mtime_ns == weights_mtime  # the intact tiny CLIP was kept
+    assert rebuilt["class_accuracy"] == summary["class_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_second_builder_waits_for_the_first(world_copy):
+    import threading
+
+    results = []
+    with build.build_lock(world_copy):
+        waiting = threading.Thread(target=lambda: results.append(build.build_world(world_copy, "smoke", SEED, False)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not results  # blocked while the folder is being built
+    waiting.join(timeout=60)
+    assert results and results[0]["cached"]
 
 
 @pytest.mark.slow

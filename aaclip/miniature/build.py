@@ -17,6 +17,8 @@ part counts with the time it took when it was built).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -57,6 +59,11 @@ def build_world(
     if size not in SIZES:
         raise AAClipError(f"size={size!r}: choose one of {', '.join(SIZES)}")
     out = Path(out)
+    with build_lock(out):
+        return _build_world(out, size, seed, progress)
+
+
+def _build_world(out: Path, size: str, seed: int, progress: bool) -> dict:
     keys = {part: part_key(part, size, seed) for part in PARTS}
     manifest = read_manifest(out)
     valid = {part: part_is_valid(out, manifest, part, keys[part]) for part in PARTS}
@@ -162,6 +169,18 @@ def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool)
 
 
 # ---------------------------------------------------------------------------- cache
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """One builder per folder at a time (notebooks, CLI, tests): a second one waits, then finds the cache."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def part_key(part: str, size: str, seed: int) -> dict:
     return {"world_version": WORLD_VERSION, "size": size, "seed": seed, "code": code_digest(PART_SOURCES[part])}
 
