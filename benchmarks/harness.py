@@ -200,6 +200,11 @@ def timed(fn, device: str) -> tuple[float, float]:
     return seconds, peak.mib
 
 
+def alternate(items: list, round_index: int) -> list:
+    """ABBA order: as given in even rounds, reversed in odd ones (drift in machine load cancels)."""
+    return list(items) if round_index % 2 == 0 else list(reversed(items))
+
+
 def summary(times: list[float], peaks: list[float], items: int) -> dict:
     """Median time per call and per item, items/s from the median, peak memory (largest over calls)."""
     median = statistics.median(times)
@@ -223,9 +228,21 @@ def write_results(path: Path, benchmark: str, machine_info: dict, started: float
     """One JSON per script: benchmark name, machine (recorded at the start), the script's own sections."""
     results = {"benchmark": benchmark, "machine": {**machine_info, "load_average_end": load_average()}, **sections}
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["command"] = " ".join(["python", *map(_quote, [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])])
+    results["command"] = command_line(sys.argv)
     write_json(path, results)
     return results
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that reproduces these figures (the output path left out)."""
+    args, shown = list(argv[1:]), []
+    while args:
+        arg = args.pop(0)
+        if arg == "--json":
+            args = args[1:]
+        elif not arg.startswith("--json="):
+            shown.append(arg)
+    return " ".join(["python", *map(_quote, [os.path.relpath(argv[0], ROOT), *shown])])
 
 
 def _quote(arg: str) -> str:

@@ -10,7 +10,8 @@
 Both run under `torch.no_grad()` and the same autocast (`--precisions fp32 bf16`). Weights are
 random (`pretrained="none"`): time and memory do not depend on their values, and nothing is
 downloaded. For each (precision, batch size): `--warmup` untimed calls of each path, then
-`--repeats` rounds that each time plain and then AA-CLIP, so a change in machine load hits both.
+`--repeats` rounds that each time both paths, in alternating order (plain first in odd rounds,
+AA-CLIP first in even ones), so a change in machine load hits both alike.
 Target (issue 6): AA-CLIP at most 1.15x the plain forward (median time per image).
 """
 
@@ -95,7 +96,7 @@ def compare(plain, aaclip, device: str, precision: str, batch_size: int, args) -
     times = {"plain": [], "aaclip": []}
     peaks = {"plain": [], "aaclip": []}
     for r in range(args.repeats):
-        for name, fn in (("plain", plain), ("aaclip", aaclip)):
+        for name, fn in harness.alternate([("plain", plain), ("aaclip", aaclip)], r):
             seconds, peak = harness.timed(fn, device)
             times[name].append(seconds)
             peaks[name].append(peak)

@@ -150,9 +150,10 @@ def table(results: dict) -> str:
         lines.append(
             f"Measured {m['date']} on {m['device_name']} ({m['cpu_count']} CPU cores), torch {m['torch']}"
             f"{_threads(results)}, "
-            f"open_clip {m['open_clip']}; plan `{run.get('plan', '?')}` (`{run.get('command', 'python benchmarks/run_all.py')}`), "
-            f"{_minutes(run.get('total_s'))}. Load average (1, 5, 15 min) before the run: "
-            f"{_load(run.get('load_average_before'))}, after: {_load(run.get('load_average_after'))}. "
+            f"open_clip {m['open_clip']}. Last invocation: plan `{run.get('plan', '?')}` "
+            f"(`{run.get('command', 'python benchmarks/run_all.py')}`, running {', '.join(run.get('scripts', {})) or '?'}), "
+            f"{_minutes(run.get('total_s'))}; load average (1, 5, 15 min) before it "
+            f"{_load(run.get('load_average_before'))}, after it {_load(run.get('load_average_after'))}. "
             "Random backbone weights (speed and memory do not depend on their values); medians over the "
             "repeats shown; every ratio compares two figures of the same run."
         )
@@ -176,10 +177,19 @@ def targets_section(results: dict) -> list[str]:
     return lines + [""]
 
 
+def measured(r: dict) -> str:
+    """When and under what load one script ran (each section may come from a separate run)."""
+    m = r["machine"]
+    return (f"*Measured {m['date']}, {r['wall_s']:.0f} s; load average {_load(m.get('load_average_start'))} at the start, "
+            f"{_load(m.get('load_average_end'))} at the end. Command: `{r['command']}`.*")
+
+
 def inference_section(r: dict) -> list[str]:
     s = r["settings"]
     lines = [
         f"### Inference: {s['backbone']} at {s['image_size']} px",
+        "",
+        measured(r),
         "",
         f"Plain = open_clip `encode_image`; AA-CLIP = `aaclip.evaluate.score_batch` (adapted features, four "
         f"level maps, blur, upsampling, image score). {s['warmup']} untimed warm-up call(s) per path and "
@@ -202,9 +212,11 @@ def training_section(r: dict) -> list[str]:
     lines = [
         f"### Training: one stage-2 step, {s['backbone']} at {s['image_size']} px",
         "",
+        measured(r),
+        "",
         f"`aaclip.train.Trainer.run_epoch` (stage 2, {s['precision']} autocast, {s['optimizer']}): frozen backbone "
-        f"(ours) against the same step with `requires_grad=True` on all {r['backbone_params']:,} backbone weights "
-        f"(the released code). {s['warmup_epochs']} untimed warm-up epoch(s); {s['steps_per_epoch']} step(s) per "
+        f"(ours) against the same step with `requires_grad=True` on the backbone, so that backward also computes "
+        f"the gradients of its {r['vision_params']:,} vision weights (the released code). {s['warmup_epochs']} untimed warm-up epoch(s); {s['steps_per_epoch']} step(s) per "
         f"timed epoch; peak memory: {s['memory_method']}.",
         "",
         "| batch | repeats | frozen s/step | backbone-gradient s/step | frozen / backbone-gradient | frozen peak MiB | backbone-gradient peak MiB |",
@@ -223,6 +235,8 @@ def evaluation_section(r: dict) -> list[str]:
     m = r["metrics"]
     lines = [
         f"### Evaluation: metrics of one class ({m['n_maps']} maps at {m['size']} px, {m['n_pixels'] / 1e6:.1f}M pixels)",
+        "",
+        measured(r),
         "",
         "| implementation | metrics | repeats | median s | peak MiB |",
         "| --- | --- | ---: | ---: | ---: |",

@@ -74,7 +74,8 @@ def test_training_times_the_library_step_frozen_and_with_backbone_gradients(benc
     # warm-up epoch + one timed epoch per configuration, 2 steps each, all through Trainer.run_epoch
     assert written["steps_run"] == 3 * 2 and written["losses_finite"]
     assert written["trainable_image_params"] == written["model"]["trainable_image"]
-    assert written["backbone_params"] == written["model"]["frozen"]
+    assert written["backbone_params"] == written["model"]["frozen"] > written["vision_params"] > 0
+    assert written["command"].startswith("python benchmarks/training.py") and "--json" not in written["command"]
 
 
 def test_evaluation_times_the_metrics_against_scikit_learn(bench, tmp_path):
