@@ -55,6 +55,11 @@ NOTEBOOK_PARAMETERS = ("device", "data_root", "train_dataset", "test_datasets", 
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 BENCHMARK_TABLE = Path("benchmarks/results/table.md")
 ASSET_DIR = "_assets"  # staging folder listed in _config.yml's html_static_path
+EXTRA_DIR = "_extra"  # staging folder listed in _config.yml's html_extra_path (copied as is to the HTML root)
+# The widget bundle's stylesheet asks for its icon fonts at these paths relative to the page (its
+# webpack public path); the chapters all live in notebooks/, so the fonts are served there too.
+WIDGET_FONT_DIRS = ("notebooks/@jupyter-widgets/html-manager/dist", "notebooks/@jupyter-widgets")
+FONT_SUFFIXES = (".woff2", ".woff", ".ttf", ".eot", ".svg")
 # npm package -> (files inside the package tarball, folder under _static); versions come from package-lock.json.
 STATIC_ASSETS = {
     "requirejs": (("require.js",), "widgets"),
@@ -120,7 +125,7 @@ def ensure_data(cfg, progress: bool = True) -> dict | None:
     from aaclip.data.registry import get_dataset, metadata_path
 
     if uses_miniature(cfg):
-        from aaclip.miniature.build import build_world
+        from aaclip.miniature import build_world
 
         size = "smoke" if Path(cfg.profile).stem == "smoke" else "default"
         return build_world(cfg.data_root, size=size, progress=progress)
@@ -314,8 +319,8 @@ def build_book(
 ) -> BuildResult:
     """Execute the notebooks and build the HTML book into `out/html` (default book/_build/html).
 
-    `executed`: a folder of already executed notebooks (e.g. nbmake's `--overwrite` copies) to render
-    instead of running papermill. The previous `out/html` is replaced only when everything succeeded.
+    `executed`: a folder of already executed notebooks (e.g. nbmake's `--overwrite` copies, or the
+    `out/executed` a previous build keeps) to render instead of running papermill. The previous `out/html` is replaced only when everything succeeded.
     `root`: the checkout holding the book sources (notebooks run with it as working directory).
     """
     started = time.perf_counter()
@@ -333,9 +338,15 @@ def build_book(
         else:
             timings = copy_executed(names, Path(executed), staging / "notebooks")
         write_build_record(staging / "book" / "build_record.md", cfg, injected, timings)
-        install_static_assets(staging / ASSET_DIR, lockfile=root / "package-lock.json")
+        fonts = [p for p in install_static_assets(staging / ASSET_DIR, lockfile=root / "package-lock.json")
+                 if p.parent.name == "widgets" and p.suffix in FONT_SUFFIXES]
+        for folder in WIDGET_FONT_DIRS:
+            (staging / EXTRA_DIR / folder).mkdir(parents=True, exist_ok=True)
+            for font in fonts:
+                shutil.copy2(font, staging / EXTRA_DIR / folder / font.name)
         run_jupyter_book(staging)
         html = swap_in(staging / "_build" / "html", out / "html")
+        swap_in(staging / "notebooks", out / "executed")  # the executed notebooks, for `--executed` and inspection
     except BaseException as err:
         failed = out / "last-failed"
         shutil.rmtree(failed, ignore_errors=True)
@@ -424,15 +435,15 @@ def run_jupyter_book(source: Path) -> None:
         raise BookError(f"jupyter-book build -W failed:\n{shown}")
 
 
-def swap_in(new_html: Path, html: Path) -> Path:
-    """Replace html with new_html by two renames; the old tree is deleted only after the swap."""
-    old = html.with_name(f".{html.name}.old")
+def swap_in(new: Path, target: Path) -> Path:
+    """Replace the folder `target` with `new` by two renames; the old tree is deleted only after the swap."""
+    old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    if html.exists():
-        os.replace(html, old)
-    os.replace(new_html, html)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
-    return html
+    return target
 
 
 def format_timings(timings: dict[str, float]) -> str:

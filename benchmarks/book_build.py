@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     device = harness.setup_device(args, uses_torch=False)
     info = harness.machine(device)
-    return harness.write_results(args.json, "book_build", info, started, results=read_timings(args.timings), targets=[])
+    return harness.write_results(args.json, "book_build", info, started, argv, results=read_timings(args.timings), targets=[])
 
 
 def read_timings(path: Path) -> dict:

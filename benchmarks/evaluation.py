@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
         "evaluation",
         info,
         started,
+        argv,
         settings={
             "n_maps": args.n_maps,
             "size": args.size,

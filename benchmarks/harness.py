@@ -224,25 +224,26 @@ def target(name: str, value: float, limit: float) -> dict:
     return {"name": name, "value": round(value, 4), "limit": limit, "met": bool(value <= limit)}
 
 
-def write_results(path: Path, benchmark: str, machine_info: dict, started: float, **sections) -> dict:
-    """One JSON per script: benchmark name, machine (recorded at the start), the script's own sections."""
+def write_results(path: Path, benchmark: str, machine_info: dict, started: float, argv, **sections) -> dict:
+    """One JSON per script (benchmarks/<benchmark>.py run with `argv`): name, machine (recorded at
+    the start), the script's own sections, wall time and the command."""
     results = {"benchmark": benchmark, "machine": {**machine_info, "load_average_end": load_average()}, **sections}
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["command"] = command_line(sys.argv)
+    results["command"] = command_line(f"benchmarks/{benchmark}.py", sys.argv[1:] if argv is None else argv)
     write_json(path, results)
     return results
 
 
-def command_line(argv: list[str]) -> str:
+def command_line(script: str, argv: list[str]) -> str:
     """The command that reproduces these figures (the output path left out)."""
-    args, shown = list(argv[1:]), []
+    args, shown = list(argv), []
     while args:
         arg = args.pop(0)
         if arg == "--json":
             args = args[1:]
         elif not arg.startswith("--json="):
             shown.append(arg)
-    return " ".join(["python", *map(_quote, [os.path.relpath(argv[0], ROOT), *shown])])
+    return " ".join(["python", script, *map(_quote, shown)])
 
 
 def _quote(arg: str) -> str:

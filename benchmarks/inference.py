@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
         "inference",
         info,
         started,
+        argv,
         settings={
             "backbone": args.backbone,
             "pretrained": "none (random weights)",

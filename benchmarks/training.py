@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
         "training",
         info,
         started,
+        argv,
         settings={
             "backbone": args.backbone,
             "pretrained": "none (random weights)",
