@@ -229,5 +229,5 @@ def ablations(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc")) -> Fi
             ax.axvline(float(reference[metric].iloc[0]), color="black", linestyle="--", linewidth=0.9)
         ax.set_xlim(0, 1)
         ax.set_xlabel(METRIC_LABELS[metric])
-        ax.invert_yaxis()
+    axes[0, 0].invert_yaxis()  # the axes share y: inverting one puts the reference on top in all
     return fig
