@@ -102,7 +102,7 @@ def test_every_chapter_renders_with_its_figures(site, tmp_path):
             embedded = src.startswith(("data:image/", "blob:"))
             assert embedded or (html / Path(page).parent / src).resolve().is_file(), f"{page}: missing {src}"
         if page.startswith("notebooks/") or page == "book/method.html":
-            figures = [a for a in images if "/_images/" in "/" + a.get("src", "") or a.get("src", "").startswith("data:")]
+            figures = [a for a in images if "_images/" in a.get("src", "") or a.get("src", "").startswith(("data:", "blob:"))]
             assert figures, f"{page}: no figure rendered"
     missing = sorted({path for path, code in requested if code >= 400 and not path.endswith("favicon.ico")})
     assert not missing, f"the browser asked for files the book does not have: {missing}"
