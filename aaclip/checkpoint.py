@@ -153,13 +153,13 @@ def check_compatible(stored: dict, cfg: Config, source) -> None:
 
 def check_depth_settings(model, cfg: Config, source) -> None:
     """The depth-derived settings of `cfg`, resolved for this backbone, must be the model's."""
-    from aaclip.model import _depth_setting, _levels
+    from aaclip.model import depth_setting, resolve_levels
 
     b = model.backbone
     wanted = {
-        "levels": _levels(cfg.levels, b.vision_depth),
-        "text_adapt_until": _depth_setting(cfg.text_adapt_until, b.text_depth, "text_adapt_until"),
-        "image_adapt_until": _depth_setting(cfg.image_adapt_until, b.vision_depth, "image_adapt_until"),
+        "levels": resolve_levels(cfg.levels, b.vision_depth),
+        "text_adapt_until": depth_setting(cfg.text_adapt_until, b.text_depth, "text_adapt_until"),
+        "image_adapt_until": depth_setting(cfg.image_adapt_until, b.vision_depth, "image_adapt_until"),
     }
     for key in DEPTH_KEYS:
         if getattr(model, key) != wanted[key]:

@@ -92,6 +92,30 @@ def vv_attention(block: nn.Module, h: torch.Tensor, mode: str) -> torch.Tensor:
     return attn.out_proj(v)
 
 
+def self_attention(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The block's own multi-head self-attention of h = ln_1(x), (B, T, C), computed batch-first.
+
+    Equal to `block.attn(h, h, h)` (no mask: vision towers have none), but its backward runs as
+    plain matrix products: nn.MultiheadAttention works sequence-first on a transposed view, and
+    with frozen weights autograd then computes the input gradient of in_proj as a batched product
+    against a copy of the weight per token, which made a frozen-backbone step slower than one that
+    also computes the backbone's gradients (benchmarks/training.py).
+    """
+    attn = block.attn
+    B, T, C = h.shape
+    heads = attn.num_heads
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(B, T, 3, heads, C // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, C // heads)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C)
+    return attn.out_proj(out)
+
+
+def attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`block(x)` for a vision ResidualAttentionBlock, through `self_attention`."""
+    x = x + block.ls_1(self_attention(block, block.ln_1(x)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def vv_block(block: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
     """A frozen ResidualAttentionBlock with its attention replaced by V-V; residual, ls, MLP as usual."""
     x = x + block.ls_1(vv_attention(block, block.ln_1(x), mode))
@@ -113,9 +137,9 @@ class AAClip(nn.Module):
         self.adapter_weight = cfg.adapter_weight
         self.vv_mode = cfg.vv_attention
         self.seg_relu = cfg.seg_relu
-        self.text_adapt_until = _depth_setting(cfg.text_adapt_until, backbone.text_depth, "text_adapt_until")
-        self.image_adapt_until = _depth_setting(cfg.image_adapt_until, backbone.vision_depth, "image_adapt_until")
-        self.levels = _levels(cfg.levels, backbone.vision_depth)
+        self.text_adapt_until = depth_setting(cfg.text_adapt_until, backbone.text_depth, "text_adapt_until")
+        self.image_adapt_until = depth_setting(cfg.image_adapt_until, backbone.vision_depth, "image_adapt_until")
+        self.levels = resolve_levels(cfg.levels, backbone.vision_depth)
 
         tw, vw, dim = backbone.text_width, backbone.vision_width, backbone.embed_dim
         self.text_adapter = nn.ModuleDict(
@@ -219,7 +243,7 @@ class AAClip(nn.Module):
         x = self._embed(images)
         tokens = []
         for i, block in enumerate(blocks[: self.levels[-1]], start=1):
-            x = block(x)
+            x = attention_block(block, x)
             if i <= self.image_adapt_until:
                 x = residual_adapt(x, self.image_adapter["adapters"][i - 1], self.adapter_weight)
             if i in self.levels:
@@ -339,7 +363,7 @@ class AAClip(nn.Module):
         }
 
 
-def _depth_setting(value: int | None, depth: int, name: str) -> int:
+def depth_setting(value: int | None, depth: int, name: str) -> int:
     """None -> a quarter of the depth (>= 1, SPEC 2); otherwise checked against the depth."""
     if value is None:
         return max(1, depth // 4)
@@ -348,7 +372,7 @@ def _depth_setting(value: int | None, depth: int, name: str) -> int:
     return value
 
 
-def _levels(levels: list[int] | None, depth: int) -> list[int]:
+def resolve_levels(levels: list[int] | None, depth: int) -> list[int]:
     if levels is None:
         return default_levels(depth)
     levels = list(levels)

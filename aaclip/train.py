@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from aaclip import checkpoint as ckpt
+from aaclip.backbone import resolve_pretrained
 from aaclip.config import Config
 from aaclip.errors import AAClipError
 from aaclip.io import write_json
@@ -69,8 +70,8 @@ def training_identity(cfg: Config) -> dict:
     """What makes two runs the same experiment: every training setting plus the training data.
 
     Paths and evaluation settings are left out (moving the data or changing `--normalize` does not
-    change what was trained); the training metadata file's digest is in, so a different world or
-    shot file is a different run.
+    change what was trained); the digests of the training metadata file and of a local backbone
+    weights file are in, so a different world, shot file or pretrained tiny CLIP is a different run.
     """
     from aaclip.data.registry import metadata_path
 
@@ -82,7 +83,12 @@ def training_identity(cfg: Config) -> dict:
             f"prepare the dataset (aaclip prepare / aaclip shots / aaclip miniature) or fix --data-root"
         )
     digest = hashlib.sha256(meta_file.read_bytes()).hexdigest()
-    return {**settings, "train_data": {"metadata": meta_file.name, "sha256": digest}}
+    identity = {**settings, "train_data": {"metadata": meta_file.name, "sha256": digest}}
+    weights = resolve_pretrained(cfg.backbone, cfg.pretrained, cfg.data_root)
+    if weights is not None and Path(weights).is_file():  # a rebuilt tiny CLIP is another backbone
+        with open(weights, "rb") as handle:
+            identity["backbone_weights"] = {"file": Path(weights).name, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    return identity
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:

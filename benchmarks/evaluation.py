@@ -13,7 +13,8 @@
 2. The whole test pipeline, `aaclip.evaluate.test` (load the checkpoint, read and preprocess the
    images, predict, normalise, all metrics with exact AUPRO, write the result files), timed per
    test dataset at miniature scale. The run evaluated, in this order of preference: `--save-path`;
-   a finished run of the book under `runs/` (miniature profile first, then smoke); with
+   a finished run of the book under `runs/` (miniature profile first, then smoke; the main run
+   before ablations); with
    `--pipeline train`, the smoke profile trained into a temporary folder for this benchmark, on
    the smoke world (`data/miniature-smoke`, built first if missing). The results say which run
    was used, and how long building and training took (not counted in the pipeline's time).
@@ -202,16 +203,26 @@ def world_is_complete(run_cfg, data_root: Path, meta: dict) -> bool:
 
 
 def book_runs() -> list[Path]:
-    """Finished runs under runs/: miniature profile first, then smoke; newest first within each."""
+    """Finished runs under runs/: the miniature profile's, then the smoke profile's.
+
+    Within a profile: the run the book trains with its default parameters
+    (`aaclip.book.notebook_config`) first, then other main runs (folders named by the digest
+    alone), then ablations (digest plus a suffix); newest first within each group.
+    """
+    from aaclip.book import notebook_config
+
     found = []
     for rank, profile in enumerate(("miniature", "smoke")):
+        default = harness.ROOT / notebook_config(profile).save_path
         for meta_file in (harness.ROOT / "runs" / profile).glob("*/last.json"):
             try:
                 meta = json.loads(meta_file.read_text())
             except (OSError, ValueError):
                 continue
             if meta.get("finished"):
-                found.append((rank, -meta_file.stat().st_mtime, meta_file.parent))
+                run = meta_file.parent
+                group = 0 if run == default else 1 if "-" not in run.name else 2
+                found.append((rank, group, -meta_file.stat().st_mtime, run))
     return [path for *_, path in sorted(found)]
 
 

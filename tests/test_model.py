@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from aaclip import losses
 from aaclip.config import Config
 from aaclip.errors import AAClipError
-from aaclip.model import AAClip, autocast, default_levels, residual_adapt, vv_attention
+from aaclip.model import AAClip, attention_block, autocast, default_levels, residual_adapt, vv_attention
 
 SMALL = "aaclip-test-small-vit"
 SMALL_CFG = {
@@ -210,6 +210,19 @@ def test_backbone_stays_frozen_and_in_eval(registered, images):
     assert not any(p.requires_grad for p in m.clip.parameters())
     with pytest.raises(AAClipError, match=r"\(B, 3, 48, 48\)"):
         m.image_features(images[:, :, :40, :40])
+
+
+def test_attention_block_equals_the_open_clip_block_forward_and_backward(registered):
+    """The batch-first block used for the adapted path (fast frozen backward) is open_clip's block exactly."""
+    block = small().clip.visual.transformer.resblocks[1]
+    x = torch.randn(3, 37, 64, generator=torch.Generator().manual_seed(2))
+    ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, ref = attention_block(block, ours_in), block(ref_in)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    weights = torch.randn_like(ref)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.allclose(ours_in.grad, ref_in.grad, atol=1e-5)
 
 
 def test_stage2_gradients_reach_only_the_image_adapters(registered, images):

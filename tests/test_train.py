@@ -86,6 +86,22 @@ def test_a_different_config_in_the_same_save_path_is_refused(smoke_cfg, smoke_ru
     assert read_meta(smoke_run.save_path)["finished"]
 
 
+def test_a_rebuilt_backbone_weights_file_is_a_different_run(smoke_cfg, smoke_run, tmp_path):
+    """Same settings and training data, but the tiny CLIP was pretrained again: the old run must not answer."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    world = tmp_path / "world"
+    shutil.copytree(smoke_cfg.data_root, world, ignore=shutil.ignore_patterns("mini-target", "mini-scan"))
+    weights = world / smoke_cfg.pretrained
+    state = load_file(weights)
+    state["logit_scale"] = state["logit_scale"] + 0.5
+    save_file(state, weights)
+    with pytest.raises(AAClipError, match=r"different config \(backbone_weights"):
+        train(smoke_cfg.replace(data_root=str(world)), progress=False)
+
+
 def test_overwrite_replaces_a_different_run(smoke_cfg, tmp_path):
     first = train(smoke_cfg.replace(save_path=str(tmp_path), stage1_epochs=1, train_stage2=False), progress=False)
     assert (tmp_path / "stage1_epoch1.safetensors").is_file() and len(first.history) > 0

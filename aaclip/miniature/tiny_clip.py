@@ -12,8 +12,10 @@ the model learns class, colour, background and light words but never sees a defe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,8 +54,23 @@ def create_model(name: str = MODEL_NAME, seed: int | None = None):
     register_configs()
     if seed is not None:
         torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
+    with quiet_random_init_warning():  # random init is the point here, or `load` fills the weights next
+        model = open_clip.create_model(name, pretrained=None)
     return model, get_tokenizer(name)
+
+
+@contextlib.contextmanager
+def quiet_random_init_warning():
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" log record."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def get_tokenizer(name: str = MODEL_NAME):
