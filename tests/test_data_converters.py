@@ -22,10 +22,7 @@ from aaclip.data.metadata import read_metadata, validate_metadata
 from aaclip.data.registry import DATASETS, get_dataset
 from aaclip.errors import AAClipError
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-metadata"
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason=f"reference file lists not found at {REFERENCE} (../shared is not checked out)"
-)
+REFERENCE = Path(__file__).resolve().parent / "reference-metadata"  # a copy of ../shared/reference-metadata (Apache-2.0, see its LICENSE)
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".bmp": "BMP"}
 
 
@@ -89,7 +86,6 @@ def expected_set(name: str, rows: list[dict]) -> set:
 
 
 @pytest.mark.parametrize("name", [n for n in DATASETS if n != "MVTec"])
-@needs_reference
 def test_converter_reproduces_the_reference_split(tmp_path, name):
     rows = reference_rows(name)
     root = build_tree(tmp_path / name, name, rows)
@@ -102,7 +98,6 @@ def test_converter_reproduces_the_reference_split(tmp_path, name):
     assert as_set(read_metadata(result.path)) == expected_set(name, rows)
 
 
-@needs_reference
 def test_prepare_cli_on_an_mvtec_tree(tmp_path, capsys):
     rows = reference_rows("MVTec")
     root = build_tree(tmp_path / "MVTec", "MVTec", rows)
@@ -112,7 +107,6 @@ def test_prepare_cli_on_an_mvtec_tree(tmp_path, capsys):
     assert as_set(read_metadata(root / "full-shot.jsonl")) == as_set(rows)
 
 
-@needs_reference
 def test_count_mismatch_warns_naming_the_class_and_strict_fails_without_writing(tmp_path, capsys):
     root = build_tree(tmp_path / "MPDD", "MPDD", reference_rows("MPDD"))
     (root / "connector" / "test" / "good" / "000.png").unlink()
@@ -129,7 +123,6 @@ def test_count_mismatch_warns_naming_the_class_and_strict_fails_without_writing(
     assert "warning: class 'connector'" in capsys.readouterr().err
 
 
-@needs_reference
 def test_extra_folder_is_named_and_skipped(tmp_path):
     root = build_tree(tmp_path / "BTAD", "BTAD", reference_rows("BTAD"))
     write_files(root, ["04/test/ok/000.png"])
@@ -138,7 +131,6 @@ def test_extra_folder_is_named_and_skipped(tmp_path):
     assert set(result.counts) == {"01", "02", "03"}
 
 
-@needs_reference
 def test_out_elsewhere_writes_absolute_paths(tmp_path):
     rows = reference_rows("CVC-300")
     root = build_tree(tmp_path / "tree", "CVC-300", rows)
@@ -160,7 +152,6 @@ def broken(tmp_path, name, rows, damage):
     return str(err.value), root
 
 
-@needs_reference
 def test_defect_image_without_mask(tmp_path):
     rows = [r for r in reference_rows("MVTec") if r["class_name"] == "bottle"]
     mask = "bottle/ground_truth/broken_large/000_mask.png"
@@ -169,7 +160,6 @@ def test_defect_image_without_mask(tmp_path):
     assert "000_mask" in text
 
 
-@needs_reference
 def test_missing_class_and_mask_folders(tmp_path):
     rows = [r for r in reference_rows("BTAD") if r["class_name"] != "03"]
     text, root = broken(tmp_path, "BTAD", rows, lambda r: (r / "01/ground_truth/ko").rename(r / "01/ground_truth/old"))
@@ -177,7 +167,6 @@ def test_missing_class_and_mask_folders(tmp_path):
     assert f"mask folder not found: {root}/01/ground_truth/ko" in text
 
 
-@needs_reference
 def test_missing_good_folder(tmp_path):
     rows = [r for r in reference_rows("MPDD") if r["class_name"] == "tubes" and int(r["label"]) == 1]
     text, root = broken(tmp_path, "MPDD", rows, lambda r: None)
@@ -185,7 +174,6 @@ def test_missing_good_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name, folder", [("Liver", "test/Ungood/label"), ("Kvasir", "masks")])
-@needs_reference
 def test_medical_layouts_need_their_mask_folder(tmp_path, name, folder):
     rows = reference_rows(name)[:40]
 
@@ -198,7 +186,6 @@ def test_medical_layouts_need_their_mask_folder(tmp_path, name, folder):
     assert f"mask folder not found: {root}/{folder}" in text
 
 
-@needs_reference
 def test_mask_size_differs_from_image(tmp_path):
     rows = reference_rows("ColonDB")[:5]
 
@@ -209,7 +196,6 @@ def test_mask_size_differs_from_image(tmp_path):
     assert f"{root}/{rows[0]['image_path']}: mask {rows[0]['mask_path']!r} is 4x4 but image" in text
 
 
-@needs_reference
 def test_visa_bad_csv_rows_are_named_by_line(tmp_path):
     root = tmp_path / "VisA"
     candle = [r for r in reference_rows("VisA") if r["class_name"] == "candle"]
