@@ -371,25 +371,10 @@ def ablation_config(cfg: Config, ablation: Ablation, schedule: dict) -> Config:
 
 
 def ensure_shots(cfg: Config, ks) -> None:
-    """Write the k-shot files of the training set that are missing or stale (seeded, aaclip.data.shots).
+    """Write the k-shot files of the training set that are missing or stale (`aaclip.data.shots.stale_shots`)."""
+    from aaclip.data.shots import make_shots, stale_shots
 
-    A k-shot file is stale when its sidecar names another source digest or seed: the world (or the
-    dataset) was rebuilt since, and the old subset may point at images that no longer exist.
-    """
-    import json
-
-    from aaclip.data.registry import metadata_path
-    from aaclip.data.shots import make_shots, sha256
-
-    source = sha256(metadata_path(cfg.data_root, cfg.train_dataset))
-    stale = []
-    for k in ks:
-        if k == -1:
-            continue
-        sidecar = metadata_path(cfg.data_root, cfg.train_dataset, k).with_suffix(".json")
-        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        if info.get("source_sha256") != source or info.get("seed") != cfg.seed:
-            stale.append(k)
+    stale = stale_shots(cfg.data_root, cfg.train_dataset, list(ks), cfg.seed)
     if stale:
         make_shots(cfg.data_root, cfg.train_dataset, stale, seed=cfg.seed)
 

@@ -116,6 +116,15 @@ def uses_miniature(cfg) -> bool:
     return cfg.backbone.startswith("aaclip-tiny")
 
 
+def set_threads(cfg) -> None:
+    """One CPU thread for the miniature: the tiny CLIP's matrices are too small to gain from threads
+    (and lose on a busy CPU). Real backbones keep torch's default."""
+    if uses_miniature(cfg):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def ensure_data(cfg, progress: bool = True) -> dict | None:
     """Build the miniature world the profile needs (cached: instant once built); returns its summary.
 

@@ -1,8 +1,9 @@
-"""Atomic file writing: a reader never sees a half-written file, and a failure keeps the old one."""
+"""Atomic file writing (a reader never sees a half-written file, a failure keeps the old one) and file digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -35,6 +36,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (weights files can be gigabytes)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

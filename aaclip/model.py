@@ -110,16 +110,20 @@ def self_attention(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(out)
 
 
+def residual_block(block: nn.Module, x: torch.Tensor, attention) -> torch.Tensor:
+    """A ResidualAttentionBlock's forward with `attention(ln_1(x))` in place of its own; residual, ls, MLP as usual."""
+    x = x + block.ls_1(attention(block.ln_1(x)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`block(x)` for a vision ResidualAttentionBlock, through `self_attention`."""
-    x = x + block.ls_1(self_attention(block, block.ln_1(x)))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return residual_block(block, x, lambda h: self_attention(block, h))
 
 
 def vv_block(block: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """A frozen ResidualAttentionBlock with its attention replaced by V-V; residual, ls, MLP as usual."""
-    x = x + block.ls_1(vv_attention(block, block.ln_1(x), mode))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    """A frozen ResidualAttentionBlock with its attention replaced by V-V (SPEC 4)."""
+    return residual_block(block, x, lambda h: vv_attention(block, h, mode))
 
 
 def default_levels(depth: int) -> list[int]:

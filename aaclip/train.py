@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from aaclip import checkpoint as ckpt
 from aaclip.backbone import resolve_pretrained
 from aaclip.config import Config
 from aaclip.errors import AAClipError
-from aaclip.io import write_json
+from aaclip.io import sha256_file, write_json
 from aaclip.model import autocast
 
 HISTORY_FILE = "history.json"
@@ -82,12 +81,10 @@ def training_identity(cfg: Config) -> dict:
             f"no training metadata {meta_file} for dataset {cfg.train_dataset!r} shot {cfg.shot}; "
             f"prepare the dataset (aaclip prepare / aaclip shots / aaclip miniature) or fix --data-root"
         )
-    digest = hashlib.sha256(meta_file.read_bytes()).hexdigest()
-    identity = {**settings, "train_data": {"metadata": meta_file.name, "sha256": digest}}
+    identity = {**settings, "train_data": {"metadata": meta_file.name, "sha256": sha256_file(meta_file)}}
     weights = resolve_pretrained(cfg.backbone, cfg.pretrained, cfg.data_root)
     if weights is not None and Path(weights).is_file():  # a rebuilt tiny CLIP is another backbone
-        with open(weights, "rb") as handle:
-            identity["backbone_weights"] = {"file": Path(weights).name, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+        identity["backbone_weights"] = {"file": Path(weights).name, "sha256": sha256_file(weights)}
     return identity
 
 

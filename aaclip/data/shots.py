@@ -13,7 +13,7 @@ source file and the per-class counts.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 from aaclip.data.metadata import count_labels, validate_metadata, write_metadata
 from aaclip.data.registry import get_dataset, metadata_filename, metadata_path
 from aaclip.errors import AAClipError
-from aaclip.io import write_json
+from aaclip.io import sha256_file, write_json
 
 SAMPLER = "numpy default_rng(seed); sorted classes, label 0 then 1: permutation of path-sorted images, first k/2"
 
@@ -54,7 +54,7 @@ def write_shots(
     """Validate `source` (a full-shot.jsonl), then write `<k>-shot.jsonl` + `.json` beside it for each k."""
     source = Path(source)
     records = validate_metadata(source, source.parent, masks_required=masks_required, progress=progress)
-    digest = sha256(source)
+    digest = sha256_file(source)
     subsets = {k: sample_shots(records, k, seed) for k in ks}  # all drawn before anything is written
     paths = {}
     for k, subset in subsets.items():
@@ -74,12 +74,18 @@ def make_shots(
     return write_shots(source, ks, seed, masks_required=info.has_masks, progress=progress)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def stale_shots(data_root: str | os.PathLike, name: str, ks: list[int], seed: int) -> list[int]:
+    """The ks (full shot, -1, excluded) whose k-shot file is missing, or was drawn with another seed or
+    from another `full-shot.jsonl` (the dataset was rebuilt since: the subset may name images that
+    no longer exist); `make_shots` redraws them."""
+    digest = sha256_file(metadata_path(data_root, name))
+
+    def current(k: int) -> bool:
+        sidecar = metadata_path(data_root, name, k).with_suffix(".json")
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        return info.get("source_sha256") == digest and info.get("seed") == seed
+
+    return [k for k in ks if k != -1 and not current(k)]
 
 
 def _group(records: list[dict]) -> dict[str, tuple[list[dict], list[dict]]]:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from aaclip.errors import AAClipError
-from aaclip.io import write_json
+from aaclip.io import sha256_file, write_json
 from aaclip.miniature.catalog import DATASETS, SIZES
 
 WORLD_VERSION = 1
@@ -212,7 +212,7 @@ def part_is_valid(out: Path, manifest: dict | None, part: str, key: dict) -> boo
 
 def file_hash(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

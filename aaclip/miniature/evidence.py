@@ -18,7 +18,9 @@ PROMPT = "a photo of a {}."
 
 
 @torch.no_grad()
-def class_accuracy(model, tokenizer, data_root, dataset: str = "mini-target", image_size: int = 64, batch=64) -> dict:
+def class_accuracy(
+    model, tokenizer, data_root, dataset: str = "mini-target", image_size: int = 64, batch_size: int = 64
+) -> dict:
     """Zero-shot class recognition on a dataset's images (read by the data layer, as any dataset)."""
     from aaclip.data.dataset import load_dataset
 
@@ -27,8 +29,8 @@ def class_accuracy(model, tokenizer, data_root, dataset: str = "mini-target", im
     prompts = [PROMPT.format(data.info.prompt_names[c]) for c in classes]
     text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
     predicted, truth = [], []
-    for start in range(0, len(data), batch):
-        items = [data[i] for i in range(start, min(start + batch, len(data)))]
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
         images = torch.stack([item["image"] for item in items])
         predicted += (F.normalize(model.encode_image(images), dim=-1) @ text.T).argmax(1).tolist()
         truth += [classes.index(item["class_name"]) for item in items]

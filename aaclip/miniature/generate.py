@@ -66,7 +66,9 @@ def make_sample(dataset: str, class_name: str, index: int, label: int, seed: int
     return Sample(scene, 1, kind, subtle, image, normal, mask)
 
 
-def write_dataset(out: str | Path, dataset: str, per_class: int, seed: int, size: int, progress=True) -> list[dict]:
+def write_dataset(
+    out: str | Path, dataset: str, per_class: int, seed: int, size: int, progress: bool = True
+) -> list[dict]:
     """Images, masks and `full-shot.jsonl` of one miniature dataset under `out/dataset`; its records."""
     from aaclip.data.metadata import write_metadata
 
