@@ -410,6 +410,21 @@ def pictures(dataset, indices) -> tuple[np.ndarray, np.ndarray]:
     return images, np.stack([item["gt_mask"][0].numpy() != 0 for item in items])
 
 
+def pretraining_twins(world: dict, pairs: int = 6) -> tuple[np.ndarray, list[str]]:
+    """The miniature's first twin pairs as its tiny CLIP saw them: (uint8 images (2 * pairs, S, S, 3), titles),
+    the unmarked pictures first and their marked twins after, in the same order.
+
+    `world` is the world's summary (its seed and size say which pictures were drawn).
+    """
+    from aaclip.miniature import catalog, generate
+
+    size = catalog.SIZES[world["size"]]["image_px"]
+    order = [2 * pair for pair in range(pairs)] + [2 * pair + 1 for pair in range(pairs)]
+    drawn = [generate.pretrain_picture(i, world["seed"], size) for i in order]
+    titles = [picture.scene.class_name + (f"\n+ {picture.mark}" if picture.mark else "") for picture, _ in drawn]
+    return np.stack([pixels for _, pixels in drawn]), titles
+
+
 def indices_of(dataset, image_paths) -> list[int]:
     """Dataset indices of predictions' image paths (absolute, as the dataset items report them)."""
     where = {str(dataset.root / r["image_path"]): i for i, r in enumerate(dataset.records)}
@@ -428,24 +443,13 @@ def split_table(datasets: dict[str, object], roles: dict[str, str]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
-def class_accuracy(model, cfg: Config, dataset, max_images: int | None = None) -> float:
+def class_accuracy(model, cfg: Config, dataset) -> float:
     """Zero-shot class recognition of plain CLIP: "a photo of a {name}." against the dataset's classes."""
+    from aaclip.miniature.evidence import zero_shot_accuracy
     from aaclip.model import autocast
 
-    names = dataset.class_names
-    tokens = model.backbone.tokenizer([f"a photo of a {dataset.info.prompt_names[c]}." for c in names]).to(model.device)
-    indices = list(range(len(dataset)))[:max_images]
-    correct = 0
     with autocast(model.device, cfg.precision):
-        text = F.normalize(model.clip.encode_text(tokens).float(), dim=-1)
-        for start in range(0, len(indices), cfg.batch_size):
-            items = [dataset[i] for i in indices[start : start + cfg.batch_size]]
-            images = torch.stack([item["image"] for item in items]).to(model.device)
-            image = F.normalize(model.clip.encode_image(images).float(), dim=-1)
-            guess = (image @ text.T).argmax(dim=1).cpu().numpy()
-            correct += sum(names[g] == item["class_name"] for g, item in zip(guess, items))
-    return correct / max(len(indices), 1)
+        return zero_shot_accuracy(model.clip, model.backbone.tokenizer, dataset, cfg.batch_size, model.device)["accuracy"]
 
 
 def unawareness_evidence(model, cfg: Config, dataset) -> dict:

@@ -49,14 +49,14 @@ def with_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) ->
 
 # --------------------------------------------------------------------------- chapter 0
 def sample_grid(images, masks, titles, ncols: int = 6) -> Figure:
-    """Images with their ground-truth mask outlined in red (normal images have none)."""
+    """Images with their ground-truth mask outlined in red (normal images have none; `masks=None`: no outlines)."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
     fig, axes = figure(1.6 * ncols, 1.8 * nrows, nrows=nrows, ncols=ncols)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, mask, title in zip(axes.flat, images, masks, titles):
-        ax.imshow(with_outline(image, mask, (255, 0, 0)))
+    for ax, image, mask, title in zip(axes.flat, images, masks if masks is not None else [None] * n, titles):
+        ax.imshow(image if mask is None else with_outline(image, mask, (255, 0, 0)))
         ax.set_title(title, fontsize=8)
     return fig
 

@@ -2,15 +2,77 @@
 
 Building the world (it pretrains the tiny CLIP) and training are the expensive parts of the
 suite, so every test that needs them shares these.
+
+Tests marked `default_world` need the default-size world, whose tiny CLIP takes about six
+minutes to pretrain. When such a test is selected, its build starts at collection in a
+background process on one thread, and the tests move to the end of the run, so the wait
+overlaps the rest of the suite instead of adding to it. While the build runs, the other tests
+also get one thread (torch in this process, OMP_NUM_THREADS for the processes they start): two
+threads each on two cores would make both wait on each other.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights
+_default_world: dict = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    needing = [item for item in items if item.get_closest_marker("default_world")]
+    if not needing:
+        return
+    items[:] = [item for item in items if item not in needing] + needing
+    root = Path(tempfile.mkdtemp(prefix="aaclip-default-world-"))
+    log = open(root / "build.log", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "aaclip", "miniature", "--size", "default", "--seed", "0", "--out", str(root / "world")]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    _default_world.update(root=root, log=log, process=process, environ=os.environ.get("OMP_NUM_THREADS"))
+
+
+def pytest_runtest_setup(item):
+    """One thread per test while the background build runs, the usual count once it is done."""
+    if not _default_world:
+        return
+    import torch
+
+    building = _default_world["process"].poll() is None
+    _default_world.setdefault("threads", torch.get_num_threads())
+    torch.set_num_threads(1 if building else _default_world["threads"])
+    if building:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    elif _default_world["environ"] is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = _default_world["environ"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _default_world:
+        _default_world["process"].kill()
+        _default_world["process"].wait()
+        _default_world["log"].close()
+        shutil.rmtree(_default_world["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def default_world():
+    """The default-size miniature world (seed 0), built by the background process started at collection."""
+    if not _default_world:
+        pytest.fail("the default_world fixture needs its test marked @pytest.mark.default_world")
+    returncode = _default_world["process"].wait()
+    log = (_default_world["root"] / "build.log").read_text()
+    assert returncode == 0, f"building the default world failed:\n{log[-4000:]}"
+    return _default_world["root"] / "world"
 
 
 @pytest.fixture(scope="session")

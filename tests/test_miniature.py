@@ -56,15 +56,51 @@ def test_auxiliary_and_target_worlds_are_disjoint_and_each_has_objects_and_textu
     assert {"crack", "missing_part", "deformation"} <= set(catalog.UNSEEN_DEFECTS)
 
 
-def test_captions_name_class_and_colour_but_never_a_defect():
+def state_words() -> set[str]:
+    """The words SPEC 3's abnormal prompts add to a class name ("damaged", "with", "flaw", ...)."""
+    from aaclip.prompts import ABNORMAL_STATES, NORMAL_STATES
+
+    words = lambda states: {w for state in states for w in state.replace("{}", " ").split()}
+    return words(ABNORMAL_STATES) - words(NORMAL_STATES)
+
+
+def test_captions_name_class_and_colour_but_never_a_defect_or_a_prompt_state_word():
     defect_words = re.compile(r"damag|broken|flaw|defect|scratch|crack|hole|stain|missing|contamin|deform|lesion")
+    assert {"damaged", "broken", "with", "flaw", "defect", "damage"} <= state_words()
     for index in range(60):
-        scene = generate.pretrain_scene(index, SEED)
-        captions = scene.captions()
-        name = catalog.world_classes()[scene.class_name]
+        picture, _ = generate.pretrain_picture(index, SEED, 48)
+        captions = picture.captions()
+        name = catalog.world_classes()[picture.scene.class_name]
         assert all(name in c for c in captions)
-        assert scene.kind == "scan" or any(scene.colour_phrase() in c for c in captions)
+        assert picture.scene.kind == "scan" or any(picture.scene.colour_phrase() in c for c in captions)
         assert not any(defect_words.search(c) for c in captions), captions
+        assert not any(state_words() & set(re.findall(r"[a-z]+", c)) for c in captions), captions
+
+
+def test_pretraining_twins_differ_only_by_a_visible_mark_that_the_caption_names():
+    for scene_index in range(24):
+        (plain, plain_pixels), (marked, marked_pixels) = (
+            generate.pretrain_picture(2 * scene_index + twin, SEED, 96) for twin in (0, 1)
+        )
+        assert plain.scene == marked.scene and plain.mark is None and marked.mark
+        changed = np.abs(marked_pixels.astype(int) - plain_pixels.astype(int)).max(-1)
+        assert 12 <= (changed > 0).sum() <= 0.2 * changed.size  # a mark, not a new picture
+        assert np.percentile(changed[changed > 0], 50) >= 40  # visible: not a faint tint
+        assert [c.removesuffix(f", {marked.mark} on it.") for c in marked.captions()] == [
+            c.removesuffix(".") for c in plain.captions()
+        ]
+
+
+def test_twin_pairs_always_share_a_batch():
+    generator = torch.Generator().manual_seed(0)
+    order = tiny_clip.shuffle(40, twins=True, generator=generator).tolist()
+    assert sorted(order) == list(range(40))
+    for start in range(0, 40, 8):
+        batch = set(order[start : start + 8])
+        assert all(i ^ 1 in batch for i in batch)
+    with pytest.raises(ValueError, match="even"):
+        tiny_clip.pretrain(torch.zeros(6, 3, 64, 64, dtype=torch.uint8), torch.zeros(6, 1, 32, dtype=torch.long),
+                           tiny_clip.PretrainSettings(batch_size=3), seed=0, progress=False)  # fmt: skip
 
 
 def test_every_prompt_and_caption_fits_the_tiny_clip_context():
@@ -73,7 +109,7 @@ def test_every_prompt_and_caption_fits_the_tiny_clip_context():
     tokenizer = tiny_clip.get_tokenizer()
     context = tiny_clip.CONFIGS[tiny_clip.MODEL_NAME]["text_cfg"]["context_length"]
     texts = [s for name in catalog.world_classes().values() for group in sentences(name) for s in group]
-    texts += [c for i in range(45) for c in generate.pretrain_scene(i, SEED).captions()]
+    texts += [c for i in range(90) for c in generate.pretrain_picture(i, SEED, 48)[0].captions()]
     longest = max(len(tokenizer.encode(t)) for t in texts) + 2  # start and end tokens
     assert longest <= context
 

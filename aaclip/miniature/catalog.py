@@ -128,7 +128,8 @@ CLASSES = {
 # fmt: on
 
 # Captions name class, colour, background and light, never a defect (the pretraining images
-# are all normal): this is what keeps the tiny CLIP anomaly-unaware.
+# are all normal; a marked twin's caption adds its mark, "a green line on it", with
+# generate.PretrainPicture): this is what keeps the tiny CLIP anomaly-unaware.
 CAPTIONS = {
     "object": (
         "a photo of a {name}.",

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from aaclip.miniature.catalog import COLOURS
 from aaclip.miniature.render import Layers, rgb, smooth_noise
 
 KINDS = ("scratch", "crack", "hole", "stain", "missing_part", "contamination", "deformation", "lesion")
@@ -212,6 +213,55 @@ def changed(new: np.ndarray, old: np.ndarray, threshold: float = 0.03) -> np.nda
     """Pixels whose colour a geometric defect visibly changed; holes in that region filled."""
     return ndimage.binary_fill_holes(np.abs(new - old).max(-1) > threshold)
 
+
+# ---------------------------------------------------------------------------- neutral marks
+MARK_TONES = {"bright": 0.9, "dark": 0.08}  # scans are grayscale: a mark there is told by its tone
+
+
+def mark(layers: Layers, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """(composite with one neutral mark, its caption phrase), for pretraining pictures only.
+
+    A mark is a line, dots or a patch in a world colour, drawn with the defects' own shapes, and
+    its phrase ("a blue line", "red dots", "a bright patch") says what is there, never that it
+    is wrong: the tiny CLIP learns to see marks on things, as a web-trained CLIP has seen
+    scratches and stains, without learning that they are defects.
+    """
+    size, composite = layers.size, layers.composite()
+    shape = tuple(MARK_DRAWERS)[int(rng.integers(len(MARK_DRAWERS)))]
+    for _ in range(50):
+        centre = pick_point(layers.region, rng)
+        local = composite[int(centre[1]), int(centre[0])]
+        palette = MARK_TONES if layers.grayscale else {name: rgb(name) for name in COLOURS}
+        visible = [name for name, value in palette.items() if np.abs(np.asarray(value) - local).sum() >= 0.6]
+        if not visible:
+            continue
+        name = visible[int(rng.integers(len(visible)))]
+        area = MARK_DRAWERS[shape](size, centre, rng) & on_object(layers)
+        if area.sum() >= 12:
+            new = blend(composite, palette[name], rng.uniform(0.7, 0.95))
+            phrase = f"{name} dots" if shape == "dots" else f"a {name} {shape}"
+            return np.where(area[..., None], new, composite).astype(np.float32), phrase
+    raise DefectError("could not place a mark after 50 tries")
+
+
+def mark_line(size: int, centre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    length = size * rng.uniform(0.2, 0.45)
+    return stroke(size, wander(centre, 6, length / 6, rng.uniform(0, 2 * np.pi), 0.3, rng), int(rng.integers(2, 5)))
+
+
+def mark_dots(size: int, centre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    area = np.zeros((size, size), bool)
+    for _ in range(int(rng.integers(3, 7))):
+        spot = centre + rng.normal(0, size * 0.05, 2)
+        area |= ellipse_mask(size, spot, tuple(rng.uniform(1.5, 3.5, 2) * size / 96), rng.uniform(0, np.pi))
+    return area
+
+
+def mark_patch(size: int, centre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return blob_mask(size, centre, size * rng.uniform(0.07, 0.14), rng)
+
+
+MARK_DRAWERS = {"line": mark_line, "dots": mark_dots, "patch": mark_patch}
 
 DEFECTS = {
     "scratch": scratch,

@@ -17,22 +17,26 @@ import torch.nn.functional as F
 PROMPT = "a photo of a {}."
 
 
-@torch.no_grad()
 def class_accuracy(
     model, tokenizer, data_root, dataset: str = "mini-target", image_size: int = 64, batch_size: int = 64
 ) -> dict:
     """Zero-shot class recognition on a dataset's images (read by the data layer, as any dataset)."""
     from aaclip.data.dataset import load_dataset
 
-    data = load_dataset(data_root, dataset, image_size=image_size)
-    classes = list(data.info.classes)
+    return zero_shot_accuracy(model, tokenizer, load_dataset(data_root, dataset, image_size=image_size), batch_size)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip, tokenizer, data, batch_size: int = 64, device="cpu") -> dict:
+    """An open_clip model's zero-shot class accuracy on a loaded dataset, overall and per class."""
+    classes = data.class_names
     prompts = [PROMPT.format(data.info.prompt_names[c]) for c in classes]
-    text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    text = F.normalize(clip.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
     predicted, truth = [], []
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-        images = torch.stack([item["image"] for item in items])
-        predicted += (F.normalize(model.encode_image(images), dim=-1) @ text.T).argmax(1).tolist()
+        images = torch.stack([item["image"] for item in items]).to(device)
+        predicted += (F.normalize(clip.encode_image(images).float(), dim=-1) @ text.T).argmax(1).tolist()
         truth += [classes.index(item["class_name"]) for item in items]
     predicted, truth = torch.tensor(predicted), torch.tensor(truth)
     per_class = {c: float((predicted[truth == i] == i).float().mean()) for i, c in enumerate(classes)}

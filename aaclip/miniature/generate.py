@@ -22,6 +22,7 @@ from aaclip.miniature import defects, render
 from aaclip.miniature.catalog import CLASSES, DATASETS, NORMAL_SHARE, SUBTLE_SHARE
 
 PRETRAIN_STREAM = 100  # stream ids keep pretraining pictures apart from every test picture
+MARK_STREAM = 101
 CLASS_IDS = {name: i for i, name in enumerate(CLASSES)}
 DATASET_IDS = {name: i + 1 for i, name in enumerate(DATASETS)}
 
@@ -103,38 +104,71 @@ def save_png(path: Path, image: Image.Image) -> None:
 
 
 # ---------------------------------------------------------------------------- pretraining set
+@dataclass
+class PretrainPicture:
+    """One captioned pretraining picture: a normal scene, with a neutral mark on the twin."""
+
+    index: int
+    scene: render.Scene
+    mark: str | None  # the mark's phrase ("a blue line"); None for the unmarked twin
+
+    def captions(self) -> list[str]:
+        if self.mark is None:
+            return self.scene.captions()
+        return [caption.removesuffix(".") + f", {self.mark} on it." for caption in self.scene.captions()]
+
+    def description(self) -> dict:
+        scene = self.scene
+        return {
+            "index": self.index, "class_name": scene.class_name, "colour": scene.colour_phrase(),
+            "background": scene.background, "light": scene.light, "mark": self.mark, "captions": self.captions(),
+        }  # fmt: skip
+
+
 def pretrain_scene(index: int, seed: int) -> render.Scene:
-    """Pretraining picture `index`: classes in turn, all normal, its own random stream."""
+    """Pretraining scene `index`: classes in turn, all normal, its own random stream."""
     names = list(CLASSES)
     rng = np.random.default_rng([seed, PRETRAIN_STREAM, index])
     return render.sample_scene(names[index % len(names)], rng)
 
 
-def pretrain_set(count: int, seed: int, size: int, native: int, progress: bool = True):
-    """(uint8 images (N, 3, native, native), captions per image, scenes) for the tiny CLIP.
+def pretrain_picture(index: int, seed: int, size: int) -> tuple[PretrainPicture, np.ndarray]:
+    """Picture `index` of the pretraining set and its uint8 pixels at `size`: twin pairs, scene
+    `index // 2`, the odd one marked.
 
-    Pictures are drawn at the datasets' size and shrunk like the data loader does (PIL
-    bicubic), so the tiny CLIP sees the same kind of pixels in pretraining and in testing.
+    The twins differ only by the mark and the caption's last words, so when both sit in one
+    contrastive batch (`tiny_clip.PretrainSettings.twins`), the only way to tell them apart is
+    to see the mark: this is what puts local detail into the tiny CLIP's patch features.
+    """
+    scene = pretrain_scene(index // 2, seed)
+    layers = render.render(scene, size)
+    composite, phrase = layers.composite(), None
+    if index % 2:
+        composite, phrase = defects.mark(layers, np.random.default_rng([seed, MARK_STREAM, index // 2]))
+    return PretrainPicture(index, scene, phrase), render.finish(composite, layers)
+
+
+def pretrain_set(count: int, seed: int, size: int, native: int, progress: bool = True):
+    """(uint8 images (N, 3, native, native), captions per image, `PretrainPicture`s) for the tiny CLIP.
+
+    `count` pictures, `count // 2` twin pairs at indices (2k, 2k + 1). Pictures are drawn at the
+    datasets' size and shrunk like the data loader does (PIL bicubic), so the tiny CLIP sees the
+    same kind of pixels in pretraining and in testing.
     """
     import torch
 
-    images, captions, scenes = [], [], []
+    if count % 2:
+        raise ValueError(f"count={count}: the pretraining set is made of twin pairs, so it must be even")
+    pictures, images = [], []
     for index in tqdm(range(count), desc="drawing pretraining set", unit="image", disable=not progress):
-        scene = pretrain_scene(index, seed)
-        pixels = render.render_pixels(scene, size)
+        picture, pixels = pretrain_picture(index, seed, size)
         small = Image.fromarray(pixels).resize((native, native), Image.Resampling.BICUBIC)
         images.append(np.asarray(small))
-        captions.append(scene.captions())
-        scenes.append(scene)
+        pictures.append(picture)
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return tensor, captions, scenes
+    return tensor, [p.captions() for p in pictures], pictures
 
 
-def write_captions(path: str | Path, captions: list[list[str]], scenes: list[render.Scene]) -> Path:
-    """The pretraining set's description, one JSON line per picture (re-draw one with `pretrain_scene`)."""
-    lines = []
-    for index, (texts, scene) in enumerate(zip(captions, scenes)):
-        entry = {"index": index, "class_name": scene.class_name, "colour": scene.colour_phrase()}
-        entry.update({"background": scene.background, "light": scene.light, "captions": texts})
-        lines.append(json.dumps(entry))
-    return write_text(path, "".join(line + "\n" for line in lines))
+def write_captions(path: str | Path, pictures: list[PretrainPicture]) -> Path:
+    """The pretraining set's description, one JSON line per picture (re-draw one with `pretrain_picture`)."""
+    return write_text(path, "".join(json.dumps(p.description()) + "\n" for p in pictures))

@@ -7,7 +7,11 @@ adapters after a quarter of each tower (SPEC 2). AA-CLIP then runs it at a large
 the positional embedding resized, as the paper runs a 336 px CLIP at 518.
 
 Pretraining is contrastive with open_clip's own `ClipLoss` on captioned normal pictures, so
-the model learns class, colour, background and light words but never sees a defect word.
+the model learns class, colour, background and light words but never sees a defect word. Half
+the pictures carry a neutral mark (a line, dots, a patch; "a blue line on it") and meet their
+unmarked twin in the same batch: without that, contrastive training on whole-picture captions
+leaves the patch features blind to local marks (a linear probe separates defect patches no
+better than on a random network), and no adapter can find what the features do not carry.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class PretrainSettings:
     warmup_steps: int = 40  # at most half the run; a short warmup at this lr collapses the features
     betas: tuple[float, float] = (0.9, 0.98)
     shift: int = 4  # random translation in pixels (pad + crop): light augmentation that keeps captions true
+    twins: bool = True  # images come in twin pairs (2k, 2k + 1) that must share a batch (generate.pretrain_set)
 
 
 def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSettings, seed: int, progress: bool = True):
@@ -100,6 +105,8 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     """
     from open_clip.loss import ClipLoss
 
+    if settings.twins and (images.shape[0] % 2 or settings.batch_size % 2):
+        raise ValueError(f"twin pairs need an even image count and batch size, got {images.shape[0]} and {settings.batch_size}")
     model, _ = create_model(seed=seed)
     model.train()
     generator = torch.Generator().manual_seed(seed)
@@ -114,7 +121,7 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     history = []
     bar = tqdm(total=total, desc="pretraining tiny CLIP", unit="step", disable=not progress)
     for epoch in range(settings.epochs):
-        order = torch.randperm(n, generator=generator)
+        order = shuffle(n, settings.twins, generator)
         losses = []
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
@@ -138,6 +145,15 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     bar.close()
     model.eval()
     return model, history
+
+
+def shuffle(n: int, twins: bool, generator: torch.Generator) -> torch.Tensor:
+    """A random order of n images; with `twins`, pairs (2k, 2k + 1) stay side by side, so an
+    even batch size never splits a pair and each picture meets its twin as a hard negative."""
+    if not twins:
+        return torch.randperm(n, generator=generator)
+    pairs = torch.randperm(n // 2, generator=generator)
+    return torch.stack([2 * pairs, 2 * pairs + 1], dim=1).reshape(-1)
 
 
 def make_optimizer(model, settings: PretrainSettings) -> torch.optim.AdamW:
