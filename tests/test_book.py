@@ -29,6 +29,9 @@ def config_cell(nb):
 
 @pytest.mark.parametrize("name", book.NOTEBOOKS)
 def test_every_notebook_is_committed_clean_with_the_shared_parameters_cell(name):
+    raw = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
+    ids = [cell.get("id") for cell in raw]
+    assert None not in ids and len(set(ids)) == len(ids), f"{name}: every cell needs its own id (nbformat 4.5)"
     nb = read(name)
     cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in cells), f"{name}: commit without outputs"
