@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights
 _default_world: dict = {}
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: a deselected test must not start the build
 def pytest_collection_modifyitems(config, items):
     needing = [item for item in items if item.get_closest_marker("default_world")]
     if not needing:

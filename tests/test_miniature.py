@@ -289,6 +289,19 @@ def test_summary_holds_the_evidence(world):
     assert on_disk["checkpoint_bytes"] == (out / "tiny_clip" / "model.safetensors").stat().st_size
     config = json.loads((out / "tiny_clip" / "config.json").read_text())
     assert config["model_name"] == tiny_clip.MODEL_NAME and config["seed"] == SEED
+    assert config["training"]["twins"] is True
+
+
+@pytest.mark.slow
+def test_the_pretraining_set_is_described_picture_by_picture(world):
+    out, summary = world
+    lines = (out / "tiny_clip" / "pretrain_captions.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert len(entries) == catalog.SIZES["smoke"]["pretrain"] == summary["pretraining"]["images"]
+    assert [e["index"] for e in entries] == list(range(len(entries)))
+    assert all((e["mark"] is None) == (e["index"] % 2 == 0) for e in entries)  # the odd twin is marked
+    picture, _ = generate.pretrain_picture(7, SEED, catalog.SIZES["smoke"]["image_px"])
+    assert entries[7] == picture.description()  # any line can be redrawn from its index
 
 
 @pytest.mark.slow
