@@ -120,7 +120,7 @@ def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
     captions_file = generate.write_captions(directory / "pretrain_captions.jsonl", pictures)
     files = hash_files(out, [written["weights"], written["config"], captions_file])
     timing = {"drawing": drawn - start, "training": time.perf_counter() - drawn}
-    steps = len(images) // settings.batch_size * settings.epochs
+    steps = tiny_clip.pretrain_steps(len(images), settings)
     recipe = {"images": len(images), "epochs": settings.epochs, "steps": steps, "final_loss": history[-1]["loss"]}
     return {"files": files, "seconds": time.perf_counter() - start, **timing, "pretraining": recipe}
 

@@ -228,10 +228,10 @@ def mark(layers: Layers, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """
     size, composite = layers.size, layers.composite()
     shape = tuple(MARK_DRAWERS)[int(rng.integers(len(MARK_DRAWERS)))]
+    palette = MARK_TONES if layers.grayscale else {name: rgb(name) for name in COLOURS}
     for _ in range(50):
         centre = pick_point(layers.region, rng)
         local = composite[int(centre[1]), int(centre[0])]
-        palette = MARK_TONES if layers.grayscale else {name: rgb(name) for name in COLOURS}
         visible = [name for name, value in palette.items() if np.abs(np.asarray(value) - local).sum() >= 0.6]
         if not visible:
             continue

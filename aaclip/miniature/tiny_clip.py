@@ -113,7 +113,7 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     optimizer = make_optimizer(model, settings)
     n = images.shape[0]
     steps_per_epoch = max(1, n // settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    total = pretrain_steps(n, settings)
     warmup = max(1, min(settings.warmup_steps, total // 2))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
     loss_fn = ClipLoss()
@@ -145,6 +145,11 @@ def pretrain(images: torch.Tensor, tokens: torch.Tensor, settings: PretrainSetti
     bar.close()
     model.eval()
     return model, history
+
+
+def pretrain_steps(n: int, settings: PretrainSettings) -> int:
+    """Optimiser steps of a pretraining run on n images (whole batches only, at least one per epoch)."""
+    return max(1, n // settings.batch_size) * settings.epochs
 
 
 def shuffle(n: int, twins: bool, generator: torch.Generator) -> torch.Tensor:
