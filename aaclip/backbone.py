@@ -1,28 +1,35 @@
-"""The frozen CLIP backbone (SPEC section 1), loaded through open_clip.
+"""The frozen CLIP backbone (book:method-backbone), loaded through open_clip's own loaders.
 
-`load_backbone(cfg)` accepts an open_clip model name with
+`load_backbone(model_cfg, root)` accepts an open_clip model name with `pretrained` being
 - an open_clip pretrained tag (e.g. `openai`), loaded by open_clip's own loader (which prefers
-  the Hugging Face safetensors file; with `HF_HUB_OFFLINE=1` it must already be cached),
-- `"none"`: random weights (shape tests, `aaclip describe`),
-- a local `.safetensors` file of an open_clip state dict (a relative path is looked up as given,
-  then under `cfg.data_root`). Pickled weights (`.pt`, `.bin`) are refused: nothing here calls
-  `torch.load`.
+  the Hugging Face safetensors file; with `HF_HUB_OFFLINE=1` it must already be cached);
+- `"none"`: random weights (shape tests, `aaclip describe`);
+- a local `.safetensors` file of an open_clip state dict for the named architecture;
+- a local folder holding `open_clip_config.json` and a `.safetensors` state dict: open_clip's
+  `local-dir:` route, which takes the architecture from the folder (a `model_name` key in the
+  JSON, when present, must be the configured backbone name).
+A relative path is looked up as given, then under `root` (the data root). Pickled weights
+(`.pt`, `.bin`, `.pth`) are refused: nothing here calls `torch.load`.
 
-Input size (SPEC 1): the model is built with `force_image_size=cfg.image_size`, and open_clip's
-`load_checkpoint` resizes the learned positional embedding of the loaded weights with
-`open_clip.model.resize_pos_embed`: CLS position kept, grid bicubic, antialias=True,
-align_corners=False. That is exactly SPEC 1's rule (checked in open_clip 3.3.0 and by a test
-against an independent `F.interpolate`), so it is used as is.
+Input size: the model is built with `force_image_size=image_size`, and open_clip's
+`load_checkpoint` resizes the learned positional embedding with `resize_pos_embed`: CLS position
+kept, grid bicubic, antialias=True, align_corners=False. That is exactly the rule of
+book:method-backbone (checked in open_clip 3.3.0 and by a test against an independent
+`F.interpolate`), so it is used as is.
 
-Activation (SPEC 1): open_clip 3.3.0 does not force QuickGELU for the `openai` tag; it only warns
+Activation: open_clip 3.3.0 does not force QuickGELU for the `openai` tag; it only warns
 ("QuickGELU mismatch") and builds what the config says, i.e. plain GELU for `ViT-L-14-336`,
-which is what the released code ran. `activation="gelu"` (default) keeps that and silences the
-warning (the mismatch is SPEC's documented choice); `activation="quick_gelu"` passes
-`force_quick_gelu=True`, the activation the OpenAI weights were trained with.
+which is what the released code ran. `activation="gelu"` keeps that and silences the warning;
+`activation="quick_gelu"` passes `force_quick_gelu=True`.
+
+The weights' identity is their content: `Weights.sha256` is what checkpoints and run identities
+record, so a moved file is the same backbone and a rebuilt one is another.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +39,23 @@ import torch
 from torch import nn
 
 from aaclip.errors import AAClipError
+from aaclip.io import sha256_file
 
-TINY_PREFIX = "aaclip-tiny"
+CONFIG_FILE = "open_clip_config.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a backbone's weights come from: kind "tag" | "file" | "folder" | "none", and the file read."""
+
+    kind: str
+    location: str  # the tag, the file or folder path, or "none"
+    file: Path | None  # the weights file itself (None for random weights or a tag not yet cached)
+
+    @property
+    def sha256(self) -> str | None:
+        return file_digest(str(self.file)) if self.file is not None else None
 
 
 @dataclass
@@ -41,12 +63,12 @@ class Backbone:
     clip: nn.Module  # open_clip CLIP, frozen, eval mode
     tokenizer: Callable
     name: str
-    pretrained: str  # the tag, "none", or the resolved weights file
+    weights: Weights
     activation: str
     image_size: int
     grid_size: int  # patches per side
     patch_size: int
-    mean: tuple[float, float, float]
+    mean: tuple[float, float, float]  # the model's own preprocessing (book:method-preprocessing)
     std: tuple[float, float, float]
     vision_depth: int
     text_depth: int
@@ -58,55 +80,59 @@ class Backbone:
     def n_patches(self) -> int:
         return self.grid_size * self.grid_size
 
+    @property
+    def pretrained(self) -> str:
+        return str(self.weights.file or self.weights.location)
 
-def load_backbone(cfg, device: str | torch.device = "cpu") -> Backbone:
-    """Build the frozen open_clip CLIP named by `cfg.backbone` at `cfg.image_size` (SPEC 1)."""
+
+def load_backbone(model_cfg, root: str | Path = ".", device: str | torch.device = "cpu") -> Backbone:
+    """The frozen open_clip CLIP that `model_cfg` names, at `model_cfg.image_size` (book:method-backbone)."""
     import open_clip
 
-    name = cfg.backbone
-    if name.startswith(TINY_PREFIX):
-        from aaclip.miniature.tiny_clip import register_configs
-
-        register_configs()
-    if name not in open_clip.list_models():
+    name = model_cfg.backbone
+    weights = resolve_weights(name, model_cfg.pretrained, root)
+    if weights.kind != "folder" and name not in open_clip.list_models():
         vits = [m for m in open_clip.list_models() if m.startswith("ViT-")]
         raise AAClipError(
-            f"backbone {name!r} is not an open_clip model; ViT choices include {', '.join(vits[:12])}, ..."
+            f"backbone {name!r} is not an open_clip model; ViT choices include {', '.join(vits[:12])}, ... "
+            "(or give pretrained= a folder with open_clip_config.json)"
         )
-    weights = resolve_pretrained(name, cfg.pretrained, cfg.data_root)
+    model_id = f"local-dir:{weights.location}" if weights.kind == "folder" else name
+    pretrained = {"tag": weights.location, "file": weights.location}.get(weights.kind)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         try:
             clip = open_clip.create_model(
-                name,
-                pretrained=weights,
+                model_id,
+                pretrained=pretrained,
                 device=device,
-                force_quick_gelu=cfg.activation == "quick_gelu",
+                force_quick_gelu=model_cfg.activation == "quick_gelu",
                 force_patch_dropout=0.0,
-                force_image_size=cfg.image_size,
+                force_image_size=model_cfg.image_size,
             )
-        except RuntimeError as err:
+        except (RuntimeError, ValueError, FileNotFoundError) as err:
             raise AAClipError(
-                f"could not build {name} with pretrained={cfg.pretrained!r}: {err}. Offline "
-                "(HF_HUB_OFFLINE=1) a tag needs its weights in the Hugging Face cache; or pass a local .safetensors file."
+                f"could not build {name} with pretrained={model_cfg.pretrained!r}: {err}. Offline "
+                "(HF_HUB_OFFLINE=1) a tag needs its weights in the Hugging Face cache; or pass a local .safetensors "
+                "file or open_clip folder."
             ) from err
     check_architecture(clip, name)
     freeze(clip)
     visual = clip.visual
     grid = visual.grid_size
     if grid[0] != grid[1]:
-        raise AAClipError(f"image_size={cfg.image_size} gives a non-square grid {grid}")
+        raise AAClipError(f"image_size={model_cfg.image_size} gives a non-square grid {grid}")
     patch = visual.patch_size[0]
-    if cfg.image_size % patch:
-        raise AAClipError(f"image_size={cfg.image_size} is not a multiple of the patch size {patch}")
+    if model_cfg.image_size % patch:
+        raise AAClipError(f"image_size={model_cfg.image_size} is not a multiple of the patch size {patch}")
     pre = getattr(visual, "preprocess_cfg", {})
     return Backbone(
         clip=clip,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=open_clip.get_tokenizer(model_id),
         name=name,
-        pretrained=weights or "none",
-        activation=cfg.activation,
-        image_size=cfg.image_size,
+        weights=weights,
+        activation=model_cfg.activation,
+        image_size=model_cfg.image_size,
         grid_size=grid[0],
         patch_size=patch,
         mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
@@ -119,30 +145,75 @@ def load_backbone(cfg, device: str | torch.device = "cpu") -> Backbone:
     )
 
 
-def resolve_pretrained(name: str, pretrained: str | None, data_root: str | Path) -> str | None:
-    """None for random init, the tag for an open_clip tag, else an existing .safetensors path."""
+def resolve_weights(name: str, pretrained: str | None, root: str | Path = ".") -> Weights:
+    """What `pretrained` means for backbone `name`: a tag, a file, a folder or random weights."""
     import open_clip
 
     if pretrained is None or str(pretrained).lower() in ("", "none"):
-        return None
+        return Weights("none", "none", None)
     pretrained = str(pretrained)
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained in tags:
-        return pretrained
+        return Weights("tag", pretrained, cached_tag_file(name, pretrained))
     candidates = [Path(pretrained)]
     if not Path(pretrained).is_absolute():
-        candidates.append(Path(data_root) / pretrained)
+        candidates.append(Path(root) / pretrained)
     for path in candidates:
+        if path.is_dir():
+            return Weights("folder", str(path), folder_weights(path, name))
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise AAClipError(f"{path}: only .safetensors weight files are accepted (pickles are never loaded)")
-            return str(path)
+            return Weights("file", str(path), path)
     looked = " and ".join(str(c) for c in candidates)
     known = ", ".join(tags) if tags else "none"
     raise AAClipError(
         f"pretrained={pretrained!r} for {name} is neither an open_clip tag (known: {known}) "
-        f"nor a file (looked at {looked})"
+        f"nor a weights file or open_clip folder (looked at {looked})"
     )
+
+
+def folder_weights(folder: Path, name: str) -> Path:
+    """The .safetensors file of an open_clip folder; its config must name `name` if it names a model."""
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise AAClipError(f"{folder}: an open_clip folder needs {CONFIG_FILE} beside its weights")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as err:
+        raise AAClipError(f"{config_file}: not valid JSON ({err})") from err
+    declared = config.get("model_name")
+    if declared is not None and declared != name:
+        raise AAClipError(f"{config_file} describes {declared!r}, but the config asks for backbone {name!r}")
+    tensors = sorted(folder.glob("*.safetensors"))
+    if not tensors:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        found = f" (found {', '.join(pickles)}: pickles are never loaded)" if pickles else ""
+        raise AAClipError(f"{folder}: no .safetensors weights{found}")
+    preferred = [p for p in tensors if p.name == "open_clip_model.safetensors"]
+    return (preferred or tensors)[0]  # open_clip's own preference among .safetensors files
+
+
+def cached_tag_file(name: str, tag: str) -> Path | None:
+    """The local file open_clip would load for a pretrained tag, if it is already cached (offline-safe)."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    try:
+        path = download_pretrained(get_pretrained_cfg(name, tag))
+    except Exception:  # not cached and offline: create_model will say so, naming the tag
+        return None
+    return Path(path) if path and Path(path).is_file() else None
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a weights file, computed once per process for an unchanged file (ViT-L's is 1.7 GB)."""
+    stat = Path(path).stat()
+    return _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def check_architecture(clip: nn.Module, name: str) -> None:
@@ -169,8 +240,7 @@ def check_architecture(clip: nn.Module, name: str) -> None:
 
 
 def freeze(clip: nn.Module) -> None:
-    """SPEC 1: backbone frozen (no gradients) and in eval mode."""
+    """book:method-backbone: frozen (no gradients) and in eval mode."""
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)
-

@@ -1,30 +1,29 @@
-"""The `aaclip` command. Each concept module adds its own subcommands, so the CLI holds no logic."""
+"""The `aaclip` command. Each package adds its own subcommands, so the CLI holds no logic.
+
+A package contributes commands through the `aaclip.commands` entry-point group (pyproject.toml):
+each entry names a module with `add_parsers(subparsers)`, which imports heavy libraries (torch,
+open_clip) inside its command functions so that `aaclip --help` is instant. This module does not
+know the packages that use it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
 from aaclip import __version__
 from aaclip.errors import AAClipError
 
-# Modules that contribute subcommands, each with `add_parsers(subparsers)`; they import heavy
-# libraries (torch, open_clip) inside their command functions so that `aaclip --help` is instant.
-COMMAND_MODULES = (
-    "aaclip.data.cli",  # prepare, shots
-    "aaclip.miniature.cli",  # miniature
-    "aaclip.commands",  # train, test, predict, describe
-    "aaclip.book",  # book
-)
+COMMAND_GROUP = "aaclip.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aaclip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="aaclip", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"aaclip {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_parsers(subparsers)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load().add_parsers(subparsers)
     return parser
 
 

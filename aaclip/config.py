@@ -1,8 +1,19 @@
 """One config object flows from papermill parameters, CLI flags and profiles to the library.
 
-`Config()` holds SPEC's defaults (the `paper` profile). A profile is a small YAML file of
-overrides in `aaclip/profiles/`; `Config.load("miniature", shot=16)` applies the profile and
-then the caller's overrides, checking every name and type so that a typo fails loudly.
+    cfg = Config.load("miniature", {"train.seed": 3, "stage2.epochs": 3})
+    cfg.model     # what AA-CLIP is: a checkpoint only loads into the same model
+    cfg.train     # what it is trained on, and how (with stage1 and stage2: the run identity)
+    cfg.stage1    # the text side's training (book:method-stage1)
+    cfg.stage2    # the image side's training (book:method-stage2)
+    cfg.eval      # how a run is tested (never part of the run identity)
+    cfg.runtime   # where and on what the work runs (never part of the run identity)
+
+Each group is a dataclass in open_clip's style, and each field declares its help, its choices
+and its range check once, with `option`; the CLI builds its flags and the book its parameters
+from those declarations. `Config()` holds the paper's setting (book:method-stage1,
+book:method-stage2); a profile is a small YAML file of overrides in `aaclip/profiles/`, nested
+by group. Every key anywhere is `group.field` (`stage2.epochs`), checked by name and type so
+that a typo fails before anything runs.
 """
 
 from __future__ import annotations
@@ -19,123 +30,292 @@ from aaclip.errors import AAClipError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
+# The choices, declared once: the config checks them and the modules dispatch on them.
+ACTIVATIONS = ("gelu", "quick_gelu")
+VV_MODES = ("self", "tokens")
+STAGE1_LOSSES = ("released", "paper")
+PRECISIONS = ("auto", "fp32", "bf16")
+NORMALIZATIONS = ("transductive", "inductive")
+AUPRO_MODES = ("exact", "legacy", "off")
+METRIC_RESOLUTIONS = ("input", "original")
+
 
 class ConfigError(AAClipError, ValueError):
     """A parameter name, type or value that the config does not accept."""
 
 
+# ---------------------------------------------------------------------------- range checks
+def positive(value) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def unit_interval(value) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must lie in [0, 1]"
+
+
+def optional_non_negative(value) -> str | None:
+    return None if value is None else non_negative(value)
+
+
+def shot_rule(value) -> str | None:
+    return None if value == -1 or (value >= 2 and value % 2 == 0) else (
+        "use -1 (full) or an even k >= 2 (half normal, half anomalous)"
+    )
+
+
+def levels_rule(value) -> str | None:
+    if value is None:
+        return None
+    ok = value and value == sorted(set(value)) and value[0] >= 1
+    return None if ok else "need increasing block numbers >= 1 (or none: a quarter of the depth each)"
+
+
+def betas_rule(value) -> str | None:
+    return None if len(value) == 2 and all(0.0 <= b < 1.0 for b in value) else "need two values in [0, 1)"
+
+
+def all_positive(value) -> str | None:
+    return None if all(v > 0 for v in value) else "every value must be > 0"
+
+
+def optional_positive(value) -> str | None:
+    return None if value is None else positive(value)
+
+
+def option(default, help: str, *, choices: tuple | None = None, check=None, flag: str | None = None):
+    """A config field that declares its help text, its choices and its range check once.
+
+    `flag` names the CLI flag when the field's own name would be ambiguous across groups.
+    """
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": help, "choices": choices, "check": check, "flag": flag})
+
+
+# ---------------------------------------------------------------------------- the groups
+@dataclass
+class ModelConfig:
+    """What AA-CLIP is: the backbone and the adapters (book:method-backbone, book:method-adapters).
+
+    A checkpoint only loads into a model built from the same values; `pretrained` says where the
+    weights are, and the weights themselves are identified by their sha256, not by that path.
+    """
+
+    backbone: str = option("ViT-L-14-336", "open_clip model name (the name in a local folder's open_clip_config.json)")
+    pretrained: str = option(
+        "openai", "open_clip pretrained tag, 'none' (random), a .safetensors file or a folder with open_clip_config.json"
+    )
+    image_size: int = option(518, "input size in pixels", check=positive)
+    activation: str = option("gelu", "gelu (released) | quick_gelu (what the OpenAI weights were trained with)",
+                             choices=ACTIVATIONS)
+    vv_attention: str = option("self", "stage-1 V-V attention: self (released at batch 1) | tokens (the paper's)",
+                               choices=VV_MODES)
+    adapter_weight: float = option(0.1, "residual weight w of the adapters", check=unit_interval)
+    text_adapt_until: int | None = option(None, "text blocks with adapters (none: a quarter of the depth)",
+                                          check=optional_non_negative)
+    image_adapt_until: int | None = option(None, "vision blocks with adapters (none: a quarter of the depth)",
+                                           check=optional_non_negative)
+    levels: list[int] | None = option(None, "1-based vision blocks whose patch tokens are read (none: quarters)",
+                                      check=levels_rule)
+    seg_relu: bool = option(False, "LeakyReLU after the level and detection projections")
+
+
+@dataclass
+class TrainConfig:
+    """What a run trains on and the settings both stages share (book:protocol-datasets)."""
+
+    dataset: str = option("VisA", "auxiliary (training) dataset, e.g. VisA or mini-aux")
+    shot: int = option(-1, "-1 = full shot, or an even k (uses <k>-shot.jsonl)", check=shot_rule)
+    seed: int = option(111, "random seed: adapter initialisation, shuffling, augmentation")
+    betas: list[float] = option([0.5, 0.999], "Adam betas of both stages", check=betas_rule)
+    augment: bool = option(True, "rotations, translations and flips (book:method-augmentation)")
+    precision: str = option("auto", "training precision: auto (bf16 on CUDA) | fp32 | bf16", choices=PRECISIONS)
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: the text adapters (book:method-stage1)."""
+
+    enabled: bool = option(True, "train stage 1", flag="stage1")
+    loss: str = option("released", "released (last level + orthogonality) | paper (all levels + classification)",
+                       choices=STAGE1_LOSSES, flag="stage1-loss")
+    orth_weight: float = option(0.1, "weight of the orthogonality loss", check=non_negative)
+    epochs: int = option(5, "stage-1 epochs", check=non_negative, flag="stage1-epochs")
+    batch_size: int = option(16, "stage-1 batch size", check=positive, flag="stage1-batch-size")
+    lr: float = option(1e-5, "stage-1 learning rate", check=positive, flag="stage1-lr")
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: the image adapters and projections (book:method-stage2)."""
+
+    enabled: bool = option(True, "train stage 2", flag="stage2")
+    epochs: int = option(20, "stage-2 epochs", check=non_negative, flag="stage2-epochs")
+    batch_size: int = option(2, "stage-2 batch size", check=positive, flag="stage2-batch-size")
+    lr: float = option(5e-4, "stage-2 learning rate", check=positive, flag="stage2-lr")
+    milestones: list[int] = option([16000, 32000], "MultiStepLR milestones in iterations", check=all_positive,
+                                   flag="stage2-milestones")
+    gamma: float = option(0.5, "MultiStepLR factor", check=positive, flag="stage2-gamma")
+
+
+@dataclass
+class EvalConfig:
+    """How a run is tested (book:method-normalisation, book:protocol-metrics)."""
+
+    datasets: list[str] = option(["MVTec"], "target (test) datasets")
+    batch_size: int = option(8, "inference batch size", check=positive)
+    precision: str = option("auto", "inference precision: auto (bf16 on CUDA) | fp32 | bf16", choices=PRECISIONS)
+    normalize: str = option("transductive", "transductive (released, per-class min-max) | inductive",
+                            choices=NORMALIZATIONS)
+    aupro: str = option("exact", "exact | legacy | off", choices=AUPRO_MODES)
+    metric_resolution: str = option("input", "input (518, released) | original (each mask's own size)",
+                                    choices=METRIC_RESOLUTIONS)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and on what the work runs."""
+
+    profile: str = option("paper", "the profile these values came from")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    threads: int | None = option(None, "CPU threads for torch (none: torch's default)", check=optional_positive)
+    num_workers: int = option(0, "DataLoader worker processes", check=non_negative)
+    data_root: str = option("data", "where the datasets (and a relative backbone path) live")
+    save_path: str = option("runs/aaclip", "the training run's directory")
+
+
+GROUPS = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "stage1": Stage1Config,
+    "stage2": Stage2Config,
+    "eval": EvalConfig,
+    "runtime": RuntimeConfig,
+}
+IDENTITY_GROUPS = ("model", "train", "stage1", "stage2")  # what a run trained; with the data, its identity
+
+
 @dataclass
 class Config:
-    # --- what to run, where ---
-    profile: str = "paper"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    data_root: str = "data"
-    train_dataset: str = "VisA"
-    test_datasets: list[str] = field(default_factory=lambda: ["MVTec"])
-    shot: int = -1  # -1 = full shot (the auxiliary dataset's whole test split)
-    seed: int = 111
-    save_path: str = "runs/aaclip"
-    out_dir: str = "runs/results"
-
-    # --- backbone (SPEC 1) ---
-    backbone: str = "ViT-L-14-336"
-    pretrained: str = "openai"  # an open_clip tag, "none", or a local weights file
-    image_size: int = 518
-    activation: str = "gelu"  # gelu (released) | quick_gelu (what the OpenAI weights were trained with)
-    vv_attention: str = "self"  # self (released at batch 1) | tokens (the paper's V-V across tokens)
-
-    # --- adapters (SPEC 2); None = derived from depth (a quarter of it) ---
-    adapter_weight: float = 0.1
-    text_adapt_until: int | None = None
-    image_adapt_until: int | None = None
-    levels: list[int] | None = None  # 1-based vision blocks whose patch tokens are read
-    seg_relu: bool = False
-
-    # --- stage 1 (SPEC 4) ---
-    train_stage1: bool = True
-    stage1_loss: str = "released"  # released | paper
-    orth_weight: float = 0.1
-    stage1_epochs: int = 5
-    stage1_batch_size: int = 16
-    stage1_lr: float = 1e-5
-
-    # --- stage 2 (SPEC 5) ---
-    train_stage2: bool = True
-    stage2_epochs: int = 20
-    stage2_batch_size: int = 2
-    stage2_lr: float = 5e-4
-    stage2_milestones: list[int] = field(default_factory=lambda: [16000, 32000])
-    stage2_gamma: float = 0.5
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    augment: bool = True
-
-    # --- inference and evaluation (SPEC 6, 8) ---
-    batch_size: int = 8
-    num_workers: int = 0
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    normalize: str = "transductive"  # transductive (released) | inductive
-    aupro: str = "exact"  # exact | legacy | off
-    metric_resolution: str = "input"  # input (518, released) | original
-
-    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
-        "activation": ("gelu", "quick_gelu"),
-        "vv_attention": ("self", "tokens"),
-        "stage1_loss": ("released", "paper"),
-        "precision": ("auto", "fp32", "bf16"),
-        "normalize": ("transductive", "inductive"),
-        "aupro": ("exact", "legacy", "off"),
-        "metric_resolution": ("input", "original"),
-    }
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        for name, choices in self.CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
-        if self.shot != -1 and (self.shot < 2 or self.shot % 2):
-            raise ConfigError(f"shot={self.shot}: use -1 (full) or an even k >= 2 (half normal, half anomalous)")
-        if not 0.0 <= self.adapter_weight <= 1.0:
-            raise ConfigError(f"adapter_weight={self.adapter_weight}: must lie in [0, 1]")
+        for group, cls in GROUPS.items():
+            part = getattr(self, group)
+            if not isinstance(part, cls):
+                raise ConfigError(f"{group} must be a {cls.__name__}, got {type(part).__name__}")
+            for f in fields(part):
+                problem = check_value(part, f)
+                if problem:
+                    raise ConfigError(f"{group}.{f.name}={getattr(part, f.name)!r}: {problem}")
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def load(cls, profile: str | None = None, **overrides) -> "Config":
-        """Profile values, then overrides; every name and type checked."""
-        params: dict = {}
+    def load(cls, profile: str | None = None, overrides: dict | None = None) -> "Config":
+        """The profile's values, then `overrides` ({"group.field": value}); every key and type checked."""
+        values: dict = {}
         if profile is not None:
-            params.update(read_profile(profile))
-            params["profile"] = profile
-        params.update(overrides)
-        return cls.from_dict(params)
+            values.update(read_profile(profile))
+            values["runtime.profile"] = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+        values.update(flatten(overrides or {}, "parameters"))
+        return cls.from_flat(values)
 
     @classmethod
-    def from_dict(cls, params: dict, source: str = "parameters") -> "Config":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(params) - set(known))
+    def from_flat(cls, values: dict, source: str = "parameters") -> "Config":
+        """A Config from {"group.field": value} (missing keys keep their defaults)."""
+        known = field_paths()
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(
-                f"unknown {source} {', '.join(map(repr, unknown))}; valid names: {', '.join(sorted(known))}"
-            )
-        hints = typing.get_type_hints(cls)
-        values = {name: coerce(name, value, hints[name]) for name, value in params.items()}
-        return cls(**values)
+            raise ConfigError(f"unknown {source} {', '.join(map(repr, unknown))}; valid names: {', '.join(known)}")
+        groups: dict[str, dict] = {group: {} for group in GROUPS}
+        for path, value in values.items():
+            group, name = path.split(".")
+            groups[group][name] = coerce(path, value, known[path])
+        return cls(**{group: GROUPS[group](**kwargs) for group, kwargs in groups.items()})
 
-    def replace(self, **changes) -> "Config":
-        return type(self).from_dict({**self.to_dict(), **changes})
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "parameters") -> "Config":
+        """The inverse of `to_dict` (nested by group)."""
+        return cls.from_flat(flatten(data, source), source)
+
+    def replace(self, changes: dict) -> "Config":
+        """A copy with {"group.field": value} changed, checked like `load`."""
+        return type(self).from_flat({**self.flat(), **flatten(changes, "parameters")})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict:
+        return {f"{group}.{name}": value for group, part in self.to_dict().items() for name, value in part.items()}
+
+    def identity_part(self) -> dict:
+        """The groups that say what a run trained (the run identity adds the data's and the backbone's digests)."""
+        return {group: dataclasses.asdict(getattr(self, group)) for group in IDENTITY_GROUPS}
+
     # ------------------------------------------------------------------ derived
     @property
     def data_path(self) -> Path:
-        return Path(self.data_root)
+        return Path(self.runtime.data_root)
 
     def resolve_device(self) -> str:
-        if self.device != "auto":
-            return self.device
+        if self.runtime.device != "auto":
+            return self.runtime.device
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def apply_threads(self) -> None:
+        """Set torch's CPU thread count as the runtime asks (a process-wide choice: call it at entry points)."""
+        if self.runtime.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.runtime.threads)
+
+
+# ---------------------------------------------------------------------------- field tables
+def field_paths() -> dict[str, object]:
+    """{"group.field": type hint} for every field, in declaration order."""
+    paths = {}
+    for group, cls in GROUPS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            paths[f"{group}.{f.name}"] = hints[f.name]
+    return paths
+
+
+def field_info(path: str) -> dataclasses.Field:
+    group, name = path.split(".")
+    return next(f for f in fields(GROUPS[group]) if f.name == name)
+
+
+def check_value(part, f: dataclasses.Field) -> str | None:
+    value = getattr(part, f.name)
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return f"choose one of {', '.join(choices)}"
+    check = f.metadata.get("check")
+    return check(value) if check is not None else None
+
+
+def flatten(data: dict, source: str) -> dict:
+    """{"group": {"field": v}} or {"group.field": v} (or a mix) -> {"group.field": v}."""
+    flat = {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            flat.update({f"{key}.{name}": v for name, v in value.items()})
+        elif "." in str(key):
+            flat[str(key)] = value
+        else:
+            raise ConfigError(f"{source}: {key!r} is not a 'group.field' name (groups: {', '.join(GROUPS)})")
+    return flat
 
 
 def available_profiles() -> list[str]:
@@ -143,18 +323,19 @@ def available_profiles() -> list[str]:
 
 
 def read_profile(name: str) -> dict:
+    """A profile's overrides as {"group.field": value}; unknown keys name the file."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(available_profiles())} or a YAML path")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a profile is a mapping of parameter names to values")
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(data) - known)
+        raise ConfigError(f"{path}: a profile is a mapping of groups ({', '.join(GROUPS)}) to their values")
+    values = flatten(data, str(path))
+    unknown = sorted(set(values) - set(field_paths()))
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(map(repr, unknown))}")
-    data.pop("profile", None)
-    return data
+    values.pop("runtime.profile", None)
+    return values
 
 
 def coerce(name: str, value, hint):

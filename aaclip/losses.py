@@ -1,4 +1,4 @@
-"""Training losses of AA-CLIP (SPEC sections 4 and 5).
+"""Training losses of AA-CLIP (book:method-seg-loss, book:method-stage1, book:method-stage2).
 
 Shapes used throughout:
 - `features`: patch features of one level, (B, N, D), N = grid * grid.
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from aaclip.errors import AAClipError
 
 FOCAL_GAMMA = 2.0
-FOCAL_SMOOTH = 1e-5  # the clamp of the one-hot target and the +1e-5 inside the log (SPEC 4)
+FOCAL_SMOOTH = 1e-5  # the clamp of the one-hot target and the +1e-5 inside the log (book:method-seg-loss)
 DICE_SMOOTH = 1.0
-LOGIT_SCALE = 100.0  # S = 100 * f @ T (SPEC 4, 5, 6)
+LOGIT_SCALE = 100.0  # S = 100 * f @ T (book:method-seg-loss, book:method-scoring)
 
 
 def per_sample_anchors(anchors: torch.Tensor, batch: int) -> torch.Tensor:
@@ -131,8 +131,6 @@ def stage1_loss(
       Needs `gt_label` and `image_embedding`.
     Returns {"loss", "seg", "orth"} (+ "image" in paper mode).
     """
-    if mode not in ("released", "paper"):
-        raise AAClipError(f"stage1_loss mode={mode!r}: choose released or paper")
     anchors = per_sample_anchors(anchors, features[0].shape[0])
     used = features[-1:] if mode == "released" else features
     seg = sum(segmentation_loss(similarity(f, anchors), gt_mask) for f in used)

@@ -37,22 +37,17 @@ about 16 bytes per anomalous pixel; no float64 copy or int64 index of all pixels
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from aaclip.config import AUPRO_MODES  # the choices are declared once, in the config
 from aaclip.errors import AAClipError
-from aaclip.io import write_text
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
-AUPRO_MODES = ("exact", "legacy", "off")
 FPR_LIMIT = 0.3
 LEGACY_STEPS = 200
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -146,34 +141,6 @@ def summarize(per_class: dict[str, dict]) -> dict:
         counts[name] = len(defined)
         means[name] = math.fsum(defined) / len(defined) if defined else math.nan
     return {"means": means, "counts": counts, "n_classes": len(per_class)}
-
-
-def write_results(out_dir, per_class: dict[str, dict], summary: dict, extra: dict | None = None,
-                  aupro: str | None = None) -> dict[str, Path]:
-    """Write per_class.csv, summary.json and summary.md into out_dir, each atomically.
-
-    `aupro` names the AUPRO definition used (for the labels); by default `extra["aupro"]`,
-    else "exact". All three texts are rendered before any file is touched.
-    """
-    extra = dict(extra or {})
-    aupro = aupro or extra.get("aupro", "exact")
-    if aupro not in AUPRO_MODES:
-        raise MetricInputError(f"aupro must be one of {AUPRO_MODES}, got {aupro!r}")
-    document = {name: _json_float(summary["means"][name]) for name in METRIC_NAMES}
-    document.update(counts=dict(summary["counts"]), n_classes=summary["n_classes"], aupro=aupro,
-                    per_class={c: {n: _json_float(m.get(n, math.nan)) for n in METRIC_NAMES}
-                               for c, m in per_class.items()})
-    clashes = sorted(set(extra) & (set(document) - {"aupro"}))
-    if clashes:
-        raise MetricInputError(f"extra must not overwrite the summary keys {clashes}")
-    document.update(extra)
-    texts = {
-        "per_class.csv": _per_class_csv(per_class, summary),
-        "summary.json": json.dumps(document, indent=2, allow_nan=False) + "\n",
-        "summary.md": _markdown_table(per_class, summary, aupro),
-    }
-    out_dir = Path(out_dir)
-    return {name: write_text(out_dir / name, text) for name, text in texts.items()}
 
 
 # --------------------------------------------------------------------------- curves
@@ -417,44 +384,3 @@ def _ordered_bits_to_float(bits: np.ndarray) -> None:
     was_negative = bits < SIGN_BIT
     np.invert(bits, out=bits, where=was_negative)
     np.bitwise_xor(bits, SIGN_BIT, out=bits, where=~was_negative)
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _json_float(value) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def _per_class_csv(per_class: dict[str, dict], summary: dict) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class_name", *METRIC_NAMES])
-    for name, metrics in per_class.items():
-        writer.writerow([name, *(repr(float(metrics.get(m, math.nan))) for m in METRIC_NAMES)])
-    writer.writerow(["mean", *(repr(float(summary["means"][m])) for m in METRIC_NAMES)])
-    return buffer.getvalue()
-
-
-def _percent(value) -> str:
-    value = float(value)
-    return "–" if math.isnan(value) else f"{100 * value:.1f}"
-
-
-def _markdown_table(per_class: dict[str, dict], summary: dict, aupro: str) -> str:
-    titles = [METRIC_TITLES[m] if m != "pixel_aupro" else AUPRO_TITLES[aupro] for m in METRIC_NAMES]
-    rows = [
-        "| class | " + " | ".join(titles) + " |",
-        "|---|" + "---:|" * len(titles),
-    ]
-    for name, metrics in per_class.items():
-        rows.append(f"| {name} | " + " | ".join(_percent(metrics.get(m, math.nan)) for m in METRIC_NAMES) + " |")
-    n = summary["n_classes"]
-    rows.append("| **mean** | " + " | ".join(f"**{_percent(summary['means'][m])}**" for m in METRIC_NAMES) + " |")
-    rows.append("| classes in mean | " + " | ".join(f"{summary['counts'][m]}/{n}" for m in METRIC_NAMES) + " |")
-    note = ("Values in %. Mean = unweighted mean over classes; a metric undefined for a class "
-            "(one label only) is shown as – and left out of the mean (SPEC 8).")
-    if aupro == "legacy":
-        note += " AUPRO is the legacy definition (200 thresholds, rescaled FPR < 0.3), not the MVTec one."
-    return "\n".join(rows) + "\n\n" + note + "\n"

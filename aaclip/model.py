@@ -1,6 +1,6 @@
-"""AA-CLIP: a frozen CLIP plus residual adapters on both towers (SPEC sections 2 and 4).
+"""AA-CLIP: a frozen CLIP plus residual adapters on both towers (book:method-adapters, book:method-stage1).
 
-    model = AAClip.from_config(Config.load("miniature"))
+    model = AAClip.from_config(cfg.model, root=cfg.runtime.data_root)
     anchors = model.text_anchors(["bottle"])              # (1, D, 2): normal, abnormal
     seg, det = model.image_features(images)               # L x (B, N, D), (B, D)
 
@@ -24,7 +24,7 @@ from aaclip.errors import AAClipError
 
 
 def autocast(device: str | torch.device, precision: str = "auto"):
-    """Forward-pass precision: bf16 autocast on CUDA by default, fp32 on CPU.
+    """Forward-pass precision (`aaclip.config.PRECISIONS`): auto is bf16 autocast on CUDA, fp32 on CPU.
 
     `precision="bf16"` also autocasts on CPU (for timing); `"fp32"` never autocasts.
     """
@@ -33,13 +33,11 @@ def autocast(device: str | torch.device, precision: str = "auto"):
         precision = "bf16" if device_type == "cuda" else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision != "bf16":
-        raise AAClipError(f"precision={precision!r}: choose auto, fp32 or bf16")
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 class ResidualAdapter(nn.Module):
-    """SPEC 2: Linear(c, c, bias=False) + LeakyReLU(0.01); no bottleneck."""
+    """book:method-adapters: Linear(c, c, bias=False) + LeakyReLU(0.01); no bottleneck."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -63,7 +61,7 @@ class Projection(nn.Module):
 
 
 def residual_adapt(x: torch.Tensor, adapter: nn.Module, weight: float) -> torch.Tensor:
-    """SPEC 2, per token: a = adapter(x); a = a * ||x|| / ||a||; x = w a + (1 - w) x.
+    """book:method-adapters, per token: a = adapter(x); a = a * ||x|| / ||a||; x = w a + (1 - w) x.
 
     Norm-matching keeps every token's scale, so the frozen blocks after it see inputs of the
     size they were trained on; only the direction moves, by at most `weight`.
@@ -74,7 +72,7 @@ def residual_adapt(x: torch.Tensor, adapter: nn.Module, weight: float) -> torch.
 
 
 def vv_attention(block: nn.Module, h: torch.Tensor, mode: str) -> torch.Tensor:
-    """SPEC 4: the attention output of a V-V block for normalised tokens h = ln_1(x), (B, T, C).
+    """book:method-vv: the attention output of a V-V block for normalised tokens h = ln_1(x), (B, T, C).
 
     v = the block's own value projection (in_proj rows 2C..3C, with bias).
     - "self":   each token's own out_proj(v) (the released code at batch 1, no mixing at all).
@@ -87,8 +85,6 @@ def vv_attention(block: nn.Module, h: torch.Tensor, mode: str) -> torch.Tensor:
         B, T, _ = v.shape
         heads = v.view(B, T, attn.num_heads, C // attn.num_heads).transpose(1, 2)
         v = F.scaled_dot_product_attention(heads, heads, heads).transpose(1, 2).reshape(B, T, C)
-    elif mode != "self":
-        raise AAClipError(f"vv_attention={mode!r}: choose self or tokens")
     return attn.out_proj(v)
 
 
@@ -122,19 +118,20 @@ def attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def vv_block(block: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """A frozen ResidualAttentionBlock with its attention replaced by V-V (SPEC 4)."""
+    """A frozen ResidualAttentionBlock with its attention replaced by V-V (book:method-vv)."""
     return residual_block(block, x, lambda h: vv_attention(block, h, mode))
 
 
 def default_levels(depth: int) -> list[int]:
-    """SPEC 2: patch tokens read after 1/4, 2/4, 3/4, 4/4 of the vision depth (1-based, >= 1)."""
+    """book:method-backbone: patch tokens read after 1/4, 2/4, 3/4, 4/4 of the vision depth (1-based, >= 1)."""
     return sorted({max(1, depth * k // 4) for k in (1, 2, 3, 4)})
 
 
 class AAClip(nn.Module):
-    """The adapted CLIP of SPEC 2, with the frozen stage-1 features of SPEC 4 and the plain-CLIP baseline."""
+    """The adapted CLIP (book:method-adapters), with the frozen stage-1 features (book:method-stage1) and
+    the plain-CLIP baseline. Built from an `aaclip.config.ModelConfig`; `seed` draws the adapters' init."""
 
-    def __init__(self, backbone: Backbone, cfg):
+    def __init__(self, backbone: Backbone, cfg, seed: int = 0):
         super().__init__()
         self.backbone = backbone
         self.clip = backbone.clip
@@ -149,7 +146,7 @@ class AAClip(nn.Module):
         self.text_adapter = nn.ModuleDict(
             {
                 "adapters": nn.ModuleList(ResidualAdapter(tw) for _ in range(self.text_adapt_until)),
-                "proj": Projection(tw, dim, relu=True),  # replaces CLIP's text_projection (SPEC 2)
+                "proj": Projection(tw, dim, relu=True),  # replaces CLIP's text_projection (book:method-adapters)
             }
         )
         self.image_adapter = nn.ModuleDict(
@@ -159,18 +156,18 @@ class AAClip(nn.Module):
                 "det_proj": Projection(vw, dim, cfg.seg_relu),
             }
         )
-        self.reset_adapters(cfg.seed)
+        self.reset_adapters(seed)
         device = next(self.clip.parameters()).device
         self.text_adapter.to(device)
         self.image_adapter.to(device)
 
     @classmethod
-    def from_config(cls, cfg, device: str | torch.device | None = None) -> "AAClip":
-        device = device or cfg.resolve_device()
-        return cls(load_backbone(cfg, device), cfg)
+    def from_config(cls, cfg, root: str = ".", device: str | torch.device = "cpu", seed: int = 0) -> "AAClip":
+        """The model a `ModelConfig` describes; a relative backbone path is looked up under `root` too."""
+        return cls(load_backbone(cfg, root, device), cfg, seed)
 
     def reset_adapters(self, seed: int) -> None:
-        """SPEC 2: Xavier-uniform on every weight matrix, from a generator seeded with `seed`."""
+        """book:method-adapters: Xavier-uniform on every weight matrix, from a generator seeded with `seed`."""
         gen = torch.Generator().manual_seed(seed)
         for p in self.adapter_parameters():
             if p.dim() > 1:
@@ -178,7 +175,7 @@ class AAClip(nn.Module):
                     p.copy_(nn.init.xavier_uniform_(torch.empty(p.shape), generator=gen))
 
     def train(self, mode: bool = True):
-        """Only the adapters switch mode: the backbone stays in eval mode (SPEC 1)."""
+        """Only the adapters switch mode: the backbone stays in eval mode (book:method-backbone)."""
         super().train(mode)
         self.clip.eval()
         return self
@@ -198,7 +195,8 @@ class AAClip(nn.Module):
 
     # ------------------------------------------------------------------ text
     def encode_text(self, tokens: torch.Tensor, adapted: bool = True) -> torch.Tensor:
-        """Sentence embeddings (n, D), not normalised. Adapted: SPEC 2's text path; else CLIP's encode_text."""
+        """Sentence embeddings (n, D), not normalised. Adapted: the adapted text path (book:method-adapters);
+        else CLIP's encode_text."""
         from open_clip.transformer import text_global_pool
 
         clip = self.clip
@@ -215,7 +213,7 @@ class AAClip(nn.Module):
         return self.text_adapter["proj"](eot)
 
     def text_anchors(self, prompt_names: list[str], adapted: bool = True) -> torch.Tensor:
-        """SPEC 3 anchors (len(names), D, 2) from the adapted text encoder (adapted=False: plain CLIP)."""
+        """Text anchors (len(names), D, 2) (book:method-anchors) from the adapted text encoder (adapted=False: plain CLIP)."""
         encode = self.encode_text if adapted else self.clip.encode_text
         return prompts.text_anchors(encode, self.backbone.tokenizer, list(prompt_names))
 
@@ -230,7 +228,7 @@ class AAClip(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)  # patch dropout is off (SPEC 1)
+        return v.ln_pre(x)  # patch dropout is off (book:method-backbone)
 
     def _clip_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP's own normalised image embedding from the last block's tokens: ln_post(CLS) @ proj."""
@@ -238,7 +236,7 @@ class AAClip(nn.Module):
         return F.normalize(v.ln_post(x[:, 0]) @ v.proj, dim=-1)
 
     def image_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """SPEC 2: adapted patch features per level and the detection feature.
+        """Adapted patch features per level and the detection feature (book:method-features).
 
         Returns seg: L tensors (B, N, D), L2-normalised; det: (B, D) = mean over patches of
         normalize(det_proj(ln_post(last-level patches))), not renormalised.
@@ -259,7 +257,7 @@ class AAClip(nn.Module):
 
     @torch.no_grad()
     def stage1_features(self, images: torch.Tensor, return_global: bool = False):
-        """SPEC 4: frozen V-V CLIP features for the stage-1 loss (no adapters anywhere).
+        """Frozen V-V CLIP features for the stage-1 loss (book:method-stage1; no adapters anywhere).
 
         Blocks before the first level run once, unmodified, shared by both paths. The plain
         path continues to the end for CLIP's global image embedding g (normalised). The V-V
@@ -290,7 +288,7 @@ class AAClip(nn.Module):
 
         Same levels, no adapters: patch tokens -> ln_post -> CLIP's own visual.proj -> normalise;
         det = CLIP's own normalised image embedding (CLS). Scored with the same prompts, maps and
-        fusion (SPEC 6) and with `text_anchors(..., adapted=False)`.
+        fusion (book:method-scoring) and with `text_anchors(..., adapted=False)`.
         """
         v = self.clip.visual
         x = self._embed(images)
@@ -339,12 +337,13 @@ class AAClip(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def describe(self) -> dict:
-        """Sizes and switches; the parameter counts are SPEC 2's check of a faithful build."""
+        """Sizes and switches; the parameter counts are book:method-adapters' check of a faithful build."""
         count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
         b = self.backbone
         return {
             "backbone": b.name,
             "pretrained": b.pretrained,
+            "weights_sha256": b.weights.sha256,
             "activation": b.activation,
             "image_size": b.image_size,
             "patch_size": b.patch_size,
@@ -368,7 +367,7 @@ class AAClip(nn.Module):
 
 
 def depth_setting(value: int | None, depth: int, name: str) -> int:
-    """None -> a quarter of the depth (>= 1, SPEC 2); otherwise checked against the depth."""
+    """None -> a quarter of the depth (>= 1, book:method-backbone); otherwise checked against the depth."""
     if value is None:
         return max(1, depth // 4)
     if not 0 <= value <= depth:

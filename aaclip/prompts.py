@@ -1,4 +1,4 @@
-"""Prompts and text anchors (SPEC section 3).
+"""Prompts and text anchors (book:method-anchors).
 
 An anchor pair is the L2-normalised mean of the normal sentences' embeddings and of the
 abnormal sentences' embeddings of one class, stacked as T with shape (dim, 2):

@@ -1,4 +1,4 @@
-"""Anomaly maps and image scores (SPEC section 6).
+"""Anomaly maps and image scores (book:method-scoring, book:method-normalisation).
 
     maps = level_maps(seg, anchors)                      # (B, L, g, g), no softmax
     raw_map = fuse_levels(gaussian_blur(maps, domain), image_size)   # (B, S, S), sum of levels
@@ -8,7 +8,7 @@
 
 `raw_anomaly_map(seg, anchors, domain, image_size)` chains the first three steps.
 
-Reading of SPEC 6 step 1: S = 100 * seg_l @ T and then m = (S_abnormal + 1 - S_normal) / 2 on
+Reading of book:method-scoring step 1: S = 100 * seg_l @ T and then m = (S_abnormal + 1 - S_normal) / 2 on
 those raw logits, with NO softmax over the two channels. That is the literal text, and it is also
 what the released test path does (its softmax is only applied in the training branch). With a
 softmax the formula would collapse to P_abnormal; without it, m = 50 (cos_a - cos_n) + 1/2.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from aaclip.errors import AAClipError
 from aaclip.losses import LOGIT_SCALE, grid_logits, per_sample_anchors
 
-BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # domain -> (kernel size, sigma), SPEC 6.2
+BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # domain -> (kernel size, sigma), book:method-scoring
 
 
 def _check_domain(domain: str) -> str:
@@ -35,7 +35,7 @@ def _check_domain(domain: str) -> str:
 
 
 def level_maps(seg: list[torch.Tensor], anchors: torch.Tensor) -> torch.Tensor:
-    """SPEC 6.1: per level m_l = (S_abnormal + 1 - S_normal) / 2 with S = 100 * seg_l @ T, on the grid.
+    """book:method-scoring: per level m_l = (S_abnormal + 1 - S_normal) / 2 with S = 100 * seg_l @ T, on the grid.
 
     seg: L tensors (B, N, D); anchors (B, D, 2) or (D, 2). Returns (B, L, g, g) float32.
     """
@@ -55,7 +55,7 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(maps: torch.Tensor, domain: str) -> torch.Tensor:
-    """SPEC 6.2: Gaussian blur on the patch grid (industrial k7 s1, medical k9 s1.5), reflect padding.
+    """book:method-scoring: Gaussian blur on the patch grid (industrial k7 s1, medical k9 s1.5), reflect padding.
 
     maps: (..., g, g). Separable convolution with a normalised kernel, so a constant map is unchanged.
     """
@@ -73,7 +73,7 @@ def gaussian_blur(maps: torch.Tensor, domain: str) -> torch.Tensor:
 
 
 def fuse_levels(maps: torch.Tensor, image_size: int) -> torch.Tensor:
-    """SPEC 6.3: bilinear upsample each level (align_corners=True) to image_size, then SUM the levels.
+    """book:method-scoring: bilinear upsample each level (align_corners=True) to image_size, then SUM the levels.
 
     maps: (B, L, g, g) -> (B, S, S).
     """
@@ -82,12 +82,12 @@ def fuse_levels(maps: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def raw_anomaly_map(seg: list[torch.Tensor], anchors: torch.Tensor, domain: str, image_size: int) -> torch.Tensor:
-    """SPEC 6.1-6.3 in one call: (B, S, S) raw anomaly map."""
+    """book:method-scoring in one call: (B, S, S) raw anomaly map."""
     return fuse_levels(gaussian_blur(level_maps(seg, anchors), domain), image_size)
 
 
 def raw_image_score(det: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """SPEC 6.4: (cos(det, t_abnormal) + 1) / 2, (B,).
+    """book:method-scoring: (cos(det, t_abnormal) + 1) / 2, (B,).
 
     As in SPEC 5 ("det @ T, raw cosines"), the cosine is det . t_abnormal with det as built
     (a mean of unit vectors, deliberately not renormalised, SPEC 2): exactly the released score.
@@ -113,12 +113,12 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _fuse_score(pmax: torch.Tensor, score: torch.Tensor, domain: str) -> torch.Tensor:
-    """SPEC 6.5: industrial 0.5 * pmax + 0.5 * score; medical pmax alone."""
+    """book:method-normalisation: industrial 0.5 * pmax + 0.5 * score; medical pmax alone."""
     return 0.5 * pmax + 0.5 * score if _check_domain(domain) == "industrial" else pmax.clone()
 
 
 def normalize_transductive(anomaly_maps, raw_scores, class_names, domain: str):
-    """SPEC 6.5, released ("transductive": uses the statistics of the test set).
+    """book:method-normalisation, released ("transductive": uses the statistics of the test set).
 
     Per class: min-max the pixel maps over all the class's test images (one min and max for
     the class) and min-max the raw image scores over the class; pmax = per-image max of the
@@ -149,9 +149,9 @@ def normalize_inductive(anomaly_maps, raw_scores, domain: str, n_levels: int):
     and bilinear upsampling preserve constants (their weights sum to 1), so
     z = 2 (raw - L/2) / L is the mean over levels of the two-channel logit difference
     S_abnormal - S_normal. The map is sigmoid(z): the "abnormal" probability of the two-channel
-    softmax that the segmentation loss trains (SPEC 4), a fixed scale in (0, 1) for any image.
+    softmax that the segmentation loss trains (book:method-seg-loss), a fixed scale in (0, 1) for any image.
     Score: the raw score (det . t_abnormal + 1) / 2 already has a fixed range ([0, 1] because
-    |det| <= 1); final score as SPEC 6.5 with pmax = per-image max of the map:
+    |det| <= 1); final score as book:method-normalisation with pmax = per-image max of the map:
     industrial 0.5 * pmax + 0.5 * score, medical pmax.
     Pixel metrics are unchanged by any per-class monotone map, so only image metrics can differ
     from the transductive mode. Returns (anomaly_map, pred_score).

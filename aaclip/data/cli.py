@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from aaclip.config import Config
+from aaclip.config import TrainConfig, RuntimeConfig
 from aaclip.data.registry import DATASETS, DOMAINS
 from aaclip.errors import AAClipError
 
@@ -18,7 +18,7 @@ def add_parsers(subparsers) -> None:
         "prepare",
         help="write full-shot.jsonl for a dataset in its original layout",
         description=f"Convert an original dataset tree ({names}) or your own MVTec-style folder "
-        "into SPEC 7 metadata; counts are compared with the expected test split.",
+        "into the metadata of book:protocol-metadata; counts are compared with the expected test split.",
     )
     prepare.add_argument("dataset", help="a dataset name (case-insensitive, e.g. mvtec, visa) or 'folder'")
     prepare.add_argument("--root", type=Path, required=True, help="the dataset's original tree")
@@ -38,8 +38,8 @@ def add_parsers(subparsers) -> None:
     )
     shots.add_argument("dataset", help="a dataset name, or the name given to 'prepare folder'")
     shots.add_argument("--k", type=int, nargs="+", default=[2, 16, 64], help="shots per class (even)")
-    shots.add_argument("--seed", type=int, default=Config.seed)
-    shots.add_argument("--data-root", type=Path, default=Path(Config.data_root), help="default: %(default)s")
+    shots.add_argument("--seed", type=int, default=TrainConfig.seed, help="default: %(default)s")
+    shots.add_argument("--data-root", type=Path, default=Path(RuntimeConfig.data_root), help="default: %(default)s")
     shots.set_defaults(func=run_shots)
 
 

@@ -23,19 +23,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aaclip.data.metadata import MetadataError, check_records, count_labels, write_metadata
-from aaclip.data.registry import (
-    CUSTOM_INFO_FILE,
-    DatasetInfo,
-    custom_info,
-    custom_info_json,
-    get_dataset,
-    metadata_filename,
-)
+from aaclip.data.metadata import IMAGE_SUFFIXES, MetadataError, check_records, count_labels, write_metadata
+from aaclip.data.registry import DatasetInfo, custom_info, get_dataset, metadata_filename, write_custom_info
 from aaclip.errors import AAClipError
-from aaclip.io import write_json
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 VISA_LABELS = {"normal": 0, "anomaly": 1}
@@ -106,7 +97,7 @@ def convert(name: str, root: Path, dataset_name: str | None = None, domain: str 
 def converter(layout: str):
     """The reader of a registry layout."""
     if layout not in CONVERTERS:
-        raise AAClipError(f"layout {layout!r} has no converter (the miniature world writes its own metadata)")
+        raise AAClipError(f"layout {layout!r} has no converter (a prepared folder's metadata is written by its maker)")
     return CONVERTERS[layout]
 
 
@@ -137,7 +128,7 @@ def _write(out: Path, root: Path, info: DatasetInfo, records: list[dict]) -> Pat
         records = [_absolute(record, root.resolve()) for record in records]
     path = write_metadata(out / metadata_filename(-1), records)
     if info.layout == "folder":
-        write_json(out / CUSTOM_INFO_FILE, custom_info_json(info))
+        write_custom_info(out, info)
     return path
 
 

@@ -1,14 +1,16 @@
-"""The torch Dataset: SPEC 1 preprocessing and SPEC 5 augmentations, anomalib field names.
+"""The torch Dataset: preprocessing (book:method-preprocessing) and augmentation (book:method-augmentation).
 
-Preprocessing (SPEC 1): resize to SxS with PIL bicubic (antialiased, as CLIP's own transform
-on PIL images), no crop, aspect not kept; CLIP mean/std. Masks: nearest resize, then `!= 0`.
-Any image mode becomes RGB; a normal image gets an all-zero mask.
+Preprocessing: resize to SxS with PIL bicubic (antialiased, as CLIP's own transform on PIL
+images), no crop, aspect not kept; the backbone's mean and std. Masks: nearest resize, then
+`!= 0`. Any image mode becomes RGB; a normal image gets an all-zero mask.
 
-Augmentation (SPEC 5), torchvision.transforms.v2 on an (Image, Mask) pair so that both get the
-same geometry: rotation +-30 deg (p 0.5), translation 0.15 (p 0.5), h-flip 0.5, v-flip 0.5, all
+Augmentation, torchvision.transforms.v2 on an (Image, Mask) pair so that both get the same
+geometry: rotation +-30 deg (p 0.5), translation 0.15 (p 0.5), h-flip 0.5, v-flip 0.5, all
 nearest with fill 0 (black pixels, empty mask); with `color_jitter` first brightness, contrast
 and saturation 0.5, each applied with p 0.7 (image only). The randomness is torch's global RNG:
 reproducible after `torch.manual_seed`, and DataLoader workers get their own seeds from it.
+
+Each item is an `aaclip.batch.Batch` of one image; `Batch.collate` joins them.
 """
 
 from __future__ import annotations
@@ -18,45 +20,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from aaclip.batch import Batch
 from aaclip.data.metadata import validate_metadata
 from aaclip.data.registry import DatasetInfo, get_dataset, metadata_path
 from aaclip.errors import AAClipError
 
-CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)
-CLIP_STD = tuple(OPENAI_DATASET_STD)
 NEAREST = v2.InterpolationMode.NEAREST
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
-    """Items: image (3,S,S) normalised, gt_mask (1,S,S) in {0,1}, gt_label, class_name, image_path."""
+    """Items: a `Batch` of one image: image (1,3,S,S) normalised, gt_mask (1,S,S) bool, gt_label, names."""
 
     def __init__(
         self,
         records: list[dict],
         root: str | os.PathLike,
-        image_size: int = 518,
+        image_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
         augment: bool = False,
         color_jitter: bool = False,
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
         info: DatasetInfo | None = None,
     ):
         self.records = list(records)
         self.root = Path(root)
         self.image_size = image_size
         self.info = info
+        self.mean, self.std = tuple(mean), tuple(std)
         self.augmentation = augmentation(augment, color_jitter)
         self.normalize = v2.Normalize(mean=list(mean), std=list(std))
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Batch:
         record = self.records[index]
         image_path = self.root / record["image_path"]
         image = tv_tensors.Image(load_image(image_path, self.image_size))
@@ -67,30 +68,44 @@ class AnomalyDataset(torch.utils.data.Dataset):
         if self.augmentation is not None:
             image, mask = self.augmentation(image, mask)
         image = self.normalize(v2.functional.to_dtype(image, torch.float32, scale=True))
-        return {
-            "image": image.as_subclass(torch.Tensor),
-            "gt_mask": (mask != 0).as_subclass(torch.Tensor).float(),
-            "gt_label": int(record["label"]),
-            "class_name": record["class_name"],
-            "image_path": str(image_path),
-        }
+        return Batch(
+            image_path=[str(image_path)],
+            class_name=[record["class_name"]],
+            gt_label=torch.tensor([int(record["label"])]),
+            image=image.as_subclass(torch.Tensor)[None],
+            gt_mask=(mask != 0).as_subclass(torch.Tensor),
+        )
 
     @property
     def class_names(self) -> list[str]:
         """Classes in order of first appearance."""
         return list(dict.fromkeys(r["class_name"] for r in self.records))
 
+    def indices_of(self, class_name: str) -> list[int]:
+        return [i for i, r in enumerate(self.records) if r["class_name"] == class_name]
+
+    def subset(self, indices) -> "AnomalyDataset":
+        """The same dataset restricted to `indices` (records, preprocessing and info shared)."""
+        part = AnomalyDataset.__new__(AnomalyDataset)
+        part.__dict__.update(self.__dict__)
+        part.records = [self.records[i] for i in indices]
+        return part
+
+    def batch(self, indices) -> Batch:
+        """dataset[indices] as one Batch."""
+        return Batch.collate([self[i] for i in indices])
+
 
 def load_dataset(
     data_root: str | os.PathLike,
     name: str,
+    image_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
     shot: int = -1,
-    image_size: int = 518,
     augment: bool = False,
     color_jitter: bool = False,
     classes: list[str] | None = None,
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
 ) -> AnomalyDataset:
     """The dataset `name` under `data_root` (full split or `<shot>-shot`), metadata validated first."""
     info = get_dataset(name, data_root)
@@ -103,11 +118,11 @@ def load_dataset(
         raise AAClipError(f"{path}: class(es) {', '.join(unknown)} not in {info.name}: {', '.join(info.classes)}")
     if classes is not None:
         records = _select_classes(records, classes, path)
-    return AnomalyDataset(records, path.parent, image_size, augment, color_jitter, mean, std, info)
+    return AnomalyDataset(records, path.parent, image_size, mean, std, augment, color_jitter, info)
 
 
 def augmentation(augment: bool, color_jitter: bool) -> v2.Compose | None:
-    """SPEC 5: colour jitter (image only) then the joint geometric transforms; None when both are off."""
+    """book:method-augmentation: colour jitter (image only) then the joint geometric transforms; None when off."""
     steps = []
     if color_jitter:
         parts = ("brightness", "contrast", "saturation")
@@ -170,6 +185,6 @@ def _select_classes(records: list[dict], classes: list[str], path: Path) -> list
 def _how_to_make(info: DatasetInfo, shot: int) -> str:
     if shot != -1:
         return f"run 'aaclip shots {info.name} --k {shot}' first"
-    if info.layout == "miniature":
-        return "run 'aaclip miniature' first"
-    return f"run 'aaclip prepare {info.name if info.layout != 'folder' else 'folder'} --root <original tree>' first"
+    if info.made_by:
+        return f"run '{info.made_by}' first"
+    return f"run 'aaclip prepare {info.name} --root <original tree>' first"

@@ -1,4 +1,4 @@
-"""Dataset metadata (SPEC 7): one JSON object per line, paths relative to the dataset root.
+"""Dataset metadata (book:protocol-metadata): one JSON object per line, paths relative to the dataset root.
 
     {"image_path": "bottle/test/broken_large/000.png", "label": 1, "class_name": "bottle",
      "mask_path": "bottle/ground_truth/broken_large/000_mask.png"}
@@ -21,6 +21,7 @@ from aaclip.errors import AAClipError
 from aaclip.io import write_text
 
 REQUIRED_KEYS = ("image_path", "label", "class_name")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what a folder of images may hold
 
 
 class MetadataError(AAClipError):
@@ -41,7 +42,7 @@ def read_metadata(path: str | os.PathLike) -> list[dict]:
 
 
 def write_metadata(path: str | os.PathLike, records: list[dict]) -> Path:
-    """Write records atomically in the SPEC 7 key order; `mask_path` only where there is one."""
+    """Write records atomically in the book:protocol-metadata key order; `mask_path` only where there is one."""
     lines = [json.dumps(_ordered(record)) for record in records]
     return write_text(path, "".join(line + "\n" for line in lines))
 

@@ -1,18 +1,17 @@
-"""The datasets of SPEC 7, by name: classes, domain, prompt names, expected test-split sizes.
+"""The datasets of book:protocol-datasets, by name: classes, domain, prompt names, expected sizes.
 
 Names are case-insensitive and ignore `-`, `_` and spaces, so `mvtec-ad`, `MVTec_AD` and
 `mvtecad` all mean MVTec. Each dataset lives in `<data_root>/<folder>` (the folder names of
 the reference implementation) with its metadata `full-shot.jsonl` and `<k>-shot.jsonl`.
 
-The three miniature datasets take classes, prompt names and domain from
-`aaclip.miniature.catalog.DATASETS`, imported only when one of them is asked for. A user's
-own data prepared with `aaclip prepare folder` is found through the `dataset.json` written
-beside its metadata (pass `data_root` to `get_dataset`).
+Any other dataset is a prepared folder `<data_root>/<name>` described by the `dataset.json`
+beside its metadata (name, domain, prompt names, whether it has masks): `aaclip prepare folder`
+writes one for a user's own data, and a data generator writes the same file for what it makes.
+Pass `data_root` to `get_dataset` to find them.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ class DatasetInfo:
     layout: str  # which converter reads the original tree (aaclip.data.converters)
     has_masks: bool
     aliases: tuple[str, ...] = field(default=())
+    made_by: str = ""  # how the metadata is (re)made, for messages: 'aaclip prepare <name>' when empty
 
 
 # Per-class test-split sizes (normal, anomalous), counted from the reference file lists.
@@ -87,7 +87,7 @@ VISA_PROMPTS = {
     "pcb4": "battery charging pcb module",
     "pipe_fryum": "pipe-shaped fryum",
 }
-# SPEC 7 leaves these to us: short phrases describing what each part looks like.
+# The paper leaves these to us: short phrases describing what each part looks like.
 MPDD_PROMPTS = {
     "bracket_black": "black metal bracket",
     "bracket_brown": "brown metal bracket",
@@ -124,12 +124,11 @@ DATASETS: dict[str, DatasetInfo] = {
         _one_class("CVC-300", "Colon_cvc300", "medical", POLYP, (0, 60), "polyp", ()),
     )
 }
-MINIATURE_NAMES = ("mini-aux", "mini-target", "mini-scan")
 
 
 def dataset_names() -> list[str]:
-    """The registered names: the 11 datasets of SPEC 7, then the miniature world's three."""
-    return [*DATASETS, *MINIATURE_NAMES]
+    """The registered names: the 11 datasets of book:protocol-datasets."""
+    return list(DATASETS)
 
 
 def get_dataset(name: str, data_root: str | os.PathLike | None = None) -> DatasetInfo:
@@ -139,14 +138,15 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None) -> Datase
     prepared by `aaclip prepare folder` into `<data_root>/<name>` (found by its dataset.json).
     """
     key = _key(name)
-    if key in _MINIATURE_KEYS:
-        return _miniature_info(_MINIATURE_KEYS[key])
     if key in _ALIASES:
         return DATASETS[_ALIASES[key]]
     if data_root is not None and (Path(data_root) / name / CUSTOM_INFO_FILE).is_file():
         return read_custom_info(Path(data_root) / name / CUSTOM_INFO_FILE)
     where = f" (nor a prepared folder {Path(data_root) / name})" if data_root is not None else ""
-    raise AAClipError(f"unknown dataset {name!r}{where}; choose one of {', '.join(dataset_names())} or 'folder'")
+    raise AAClipError(
+        f"unknown dataset {name!r}{where}; choose one of {', '.join(dataset_names())}, or a prepared folder "
+        f"(one with {CUSTOM_INFO_FILE}, e.g. from 'aaclip prepare folder') under the data root"
+    )
 
 
 def dataset_root(data_root: str | os.PathLike, name: str) -> Path:
@@ -167,27 +167,39 @@ def metadata_filename(shot: int = -1) -> str:
 
 
 def custom_info(
-    name: str, prompt_names: dict[str, str], domain: str = "industrial", has_masks: bool = True, folder: str = ""
+    name: str, prompt_names: dict[str, str], domain: str = "industrial", has_masks: bool = True, folder: str = "",
+    made_by: str = "aaclip prepare folder",
 ) -> DatasetInfo:
-    """Registry entry of a user's own dataset (no expected sizes)."""
+    """Registry entry of a prepared folder (no expected sizes); `made_by` is the command that remakes it."""
     if domain not in DOMAINS:
         raise AAClipError(f"domain {domain!r}: choose one of {', '.join(DOMAINS)}")
     prompts = dict(prompt_names)
-    return DatasetInfo(name, folder or name, domain, tuple(prompts), prompts, None, "folder", has_masks)
+    return DatasetInfo(name, folder or name, domain, tuple(prompts), prompts, None, "folder", has_masks, made_by=made_by)
 
 
 def custom_info_json(info: DatasetInfo) -> dict:
     """What `dataset.json` records, for `read_custom_info`."""
-    return {"name": info.name, "domain": info.domain, "has_masks": info.has_masks, "prompt_names": info.prompt_names}
+    return {
+        "name": info.name, "domain": info.domain, "has_masks": info.has_masks,
+        "prompt_names": info.prompt_names, "made_by": info.made_by,
+    }  # fmt: skip
+
+
+def write_custom_info(folder: str | os.PathLike, info: DatasetInfo) -> Path:
+    """Write `<folder>/dataset.json`, which makes the folder a dataset `get_dataset` finds."""
+    from aaclip.io import write_json
+
+    return write_json(Path(folder) / CUSTOM_INFO_FILE, custom_info_json(info))
 
 
 def read_custom_info(path: Path) -> DatasetInfo:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         has_masks = bool(data["has_masks"])
-        return custom_info(data["name"], data["prompt_names"], data["domain"], has_masks, path.parent.name)
+        made_by = str(data.get("made_by", "aaclip prepare folder"))
+        return custom_info(data["name"], data["prompt_names"], data["domain"], has_masks, path.parent.name, made_by)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise AAClipError(f"{path}: not a dataset description written by 'aaclip prepare folder' ({err!r})") from err
+        raise AAClipError(f"{path}: not a dataset description ({CUSTOM_INFO_FILE}) ({err!r})") from err
 
 
 # ---------------------------------------------------------------------------- internals
@@ -204,19 +216,3 @@ def _alias_table() -> dict[str, str]:
 
 
 _ALIASES = _alias_table()
-_MINIATURE_KEYS = {_key(name): name for name in MINIATURE_NAMES}
-
-
-def _miniature_info(name: str) -> DatasetInfo:
-    """Built on demand: the catalog belongs to the miniature world's module."""
-    try:
-        catalog = importlib.import_module("aaclip.miniature.catalog")
-    except ImportError as err:
-        raise AAClipError(f"dataset {name!r} needs aaclip.miniature.catalog, which cannot be imported: {err}") from err
-    entry = catalog.DATASETS.get(name)
-    if entry is None:
-        raise AAClipError(f"aaclip.miniature.catalog.DATASETS has no entry {name!r}")
-    prompts = dict(entry["classes"])
-    return DatasetInfo(
-        name, name, entry["domain"], tuple(prompts), prompts, None, "miniature", bool(entry.get("has_masks", True))
-    )

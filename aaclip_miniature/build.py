@@ -1,9 +1,12 @@
 """`build_world`: the datasets, the pretrained tiny CLIP and the evidence, cached by content hash.
 
-The output folder holds everything later commands need (`--data-root DIR` is enough):
+The output folder holds everything later commands need (`--data-root DIR` is enough), in the
+same descriptor files a user's own data and backbone would have:
 
-    DIR/mini-aux/, DIR/mini-target/, DIR/mini-scan/   images, masks, full-shot.jsonl
-    DIR/tiny_clip/model.safetensors, config.json, pretrain_captions.jsonl
+    DIR/mini-aux/, DIR/mini-target/, DIR/mini-scan/   images, masks, full-shot.jsonl, dataset.json
+    DIR/tiny_clip/                                      an open_clip folder: open_clip_config.json,
+                                                        open_clip_model.safetensors; pretraining.json
+                                                        and pretrain_captions.jsonl say how it was made
     DIR/summary.json                                    the evidence (see evidence.py)
     DIR/manifest.json                                   what was built, how, and every file's sha256
 
@@ -28,9 +31,9 @@ from pathlib import Path
 
 from aaclip.errors import AAClipError
 from aaclip.io import sha256_file, write_json
-from aaclip.miniature.catalog import DATASETS, SIZES
+from aaclip_miniature.catalog import DATASETS, SIZES
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: descriptor files (dataset.json, an open_clip folder) instead of names the library knew
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 TINY_CLIP_DIR = "tiny_clip"
@@ -40,13 +43,13 @@ SETTINGS_OF_SIZE = {  # pretraining recipe per size: epochs over the drawn set, 
     "smoke": {"epochs": 3},  # 30 steps: enough to beat random initialisation, not to be good
 }
 # The code each part depends on: changing it invalidates the part's cache.
-_WORLD = ("aaclip.miniature.catalog", "aaclip.miniature.render", "aaclip.miniature.generate")
+_WORLD = ("aaclip_miniature.catalog", "aaclip_miniature.render", "aaclip_miniature.generate")
 PART_SOURCES = {
-    "datasets": (*_WORLD, "aaclip.miniature.defects"),
-    "tiny_clip": (*_WORLD, "aaclip.miniature.tiny_clip"),
+    "datasets": (*_WORLD, "aaclip_miniature.defects", "aaclip_miniature.build"),
+    "tiny_clip": (*_WORLD, "aaclip_miniature.tiny_clip"),
     "evidence": (
-        "aaclip.miniature.evidence", "aaclip.prompts", "aaclip.evaluate", "aaclip.model", "aaclip.backbone",
-        "aaclip.scoring", "aaclip.metrics", "aaclip.data.dataset",
+        "aaclip_miniature.evidence", "aaclip.prompts", "aaclip.runs.inference", "aaclip.runs.evaluate",
+        "aaclip.model", "aaclip.backbone", "aaclip.scoring", "aaclip.metrics", "aaclip.data.dataset",
     ),
 }  # fmt: skip
 PARTS = tuple(PART_SOURCES)
@@ -86,13 +89,17 @@ def _build_world(out: Path, size: str, seed: int, progress: bool) -> dict:
 
 # ---------------------------------------------------------------------------- parts
 def build_datasets(out: Path, size: str, seed: int, progress: bool) -> dict:
-    from aaclip.miniature.generate import write_dataset
+    from aaclip.data.registry import custom_info, write_custom_info
+    from aaclip_miniature.generate import write_dataset
 
     start = time.perf_counter()
     counts = {}
     for name in DATASETS:
         shutil.rmtree(out / name, ignore_errors=True)  # no stale files from another size or seed
         records = write_dataset(out, name, SIZES[size][name], seed, SIZES[size]["image_px"], progress)
+        entry = DATASETS[name]
+        made_by = f"aaclip miniature --size {size} --seed {seed}"
+        write_custom_info(out / name, custom_info(name, entry["classes"], entry["domain"], True, made_by=made_by))
         anomalous = sum(r["label"] for r in records)
         counts[name] = {"normal": len(records) - anomalous, "anomalous": anomalous}
     files = hash_files(out, [p for name in DATASETS for p in sorted((out / name).rglob("*")) if p.is_file()])
@@ -102,7 +109,7 @@ def build_datasets(out: Path, size: str, seed: int, progress: bool) -> dict:
 def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
     import torch
 
-    from aaclip.miniature import generate, tiny_clip
+    from aaclip_miniature import generate, tiny_clip
 
     start = time.perf_counter()
     directory = out / TINY_CLIP_DIR
@@ -118,7 +125,7 @@ def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
     extra = {"pretrain_images": len(images), "history": history, "image_px": SIZES[size]["image_px"]}
     written = tiny_clip.save(model, directory, settings, seed, extra)
     captions_file = generate.write_captions(directory / "pretrain_captions.jsonl", pictures)
-    files = hash_files(out, [written["weights"], written["config"], captions_file])
+    files = hash_files(out, [written["weights"], written["config"], written["recipe"], captions_file])
     timing = {"drawing": drawn - start, "training": time.perf_counter() - drawn}
     steps = tiny_clip.pretrain_steps(len(images), settings)
     recipe = {"images": len(images), "epochs": settings.epochs, "steps": steps, "final_loss": history[-1]["loss"]}
@@ -127,7 +134,7 @@ def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
 
 def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool) -> dict:
     from aaclip.config import Config
-    from aaclip.miniature import evidence, tiny_clip
+    from aaclip_miniature import evidence, tiny_clip
 
     start = time.perf_counter()
     model, tokenizer = tiny_clip.load(out / TINY_CLIP_DIR)
@@ -137,10 +144,10 @@ def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool)
     chance = evidence.class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)
     aux_accuracy = evidence.class_accuracy(model, tokenizer, out, "mini-aux", tiny_clip.NATIVE_SIZE)
     cosine = evidence.anchor_cosine(model, tokenizer, target)
-    cfg = Config.load(PROFILE_OF_SIZE[size], data_root=str(out))
+    cfg = Config.load(PROFILE_OF_SIZE[size], {"runtime.data_root": str(out)})
     baseline = evidence.baseline_aurocs(cfg, progress=progress)
     seconds = time.perf_counter() - start
-    weights = out / TINY_CLIP_DIR / "model.safetensors"
+    weights = out / TINY_CLIP_DIR / tiny_clip.WEIGHTS_FILE
     summary = {
         "size": size,
         "seed": seed,
@@ -153,8 +160,8 @@ def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool)
         "baseline_image_auroc": baseline["mini-target"]["image_auroc"],
         "baseline_pixel_auroc": baseline["mini-target"]["pixel_auroc"],
         "baseline": baseline,
-        "baseline_profile": cfg.profile,
-        "image_size": cfg.image_size,
+        "baseline_profile": cfg.runtime.profile,
+        "image_size": cfg.model.image_size,
         "native_image_size": tiny_clip.NATIVE_SIZE,
         "counts": parts["datasets"]["counts"],
         "checkpoint_bytes": weights.stat().st_size,

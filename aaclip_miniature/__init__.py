@@ -4,6 +4,6 @@
 `aaclip miniature` is its command. See `catalog` for the world's design.
 """
 
-from aaclip.miniature.build import build_world
+from aaclip_miniature.build import build_world
 
 __all__ = ["build_world"]

@@ -1,9 +1,10 @@
-"""The tiny CLIP: an open_clip `CLIP` from a small config registered by name, pretrained on the world.
+"""The tiny CLIP: an open_clip `CLIP` built from a small config, pretrained on the world.
 
 It is an ordinary open_clip model (ViT image tower, transformer text tower, OpenAI BPE
-tokenizer), only small: 64 px input with patch 8, so an 8x8 patch grid at its native size;
+tokenizer), saved as an open_clip folder (`open_clip_config.json` + `open_clip_model.safetensors`)
+that open_clip's own `local-dir:` loader reads, like any model a user brings. It is only small: 64 px input with patch 8, so an 8x8 patch grid at its native size;
 vision depth 8 and text depth 4, so AA-CLIP's levels fall at blocks 2, 4, 6, 8 and its
-adapters after a quarter of each tower (SPEC 2). AA-CLIP then runs it at a larger input with
+adapters after a quarter of each tower (book:method-backbone). AA-CLIP then runs it at a larger input with
 the positional embedding resized, as the paper runs a 336 px CLIP at 518.
 
 Pretraining is contrastive with open_clip's own `ClipLoss` on captioned normal pictures, so
@@ -16,10 +17,7 @@ better than on a random network), and no adapter can find what the features do n
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,58 +29,31 @@ from aaclip.io import atomic_path, write_json
 
 MODEL_NAME = "aaclip-tiny"
 NATIVE_SIZE = 64
-CONFIGS = {
-    MODEL_NAME: {
-        "embed_dim": 64,
-        "quick_gelu": False,  # plain GELU, which is what the AA-CLIP default (SPEC 1) builds
-        "vision_cfg": {"image_size": NATIVE_SIZE, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
-    }
+MODEL_CFG = {  # open_clip's CLIP(**model_cfg) arguments, as its JSON configs spell them
+    "embed_dim": 64,
+    "quick_gelu": False,  # plain GELU, which is what the AA-CLIP default (book:method-backbone) builds
+    "vision_cfg": {"image_size": NATIVE_SIZE, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
 }
+CONFIG_FILE = "open_clip_config.json"  # what open_clip's local-dir: loader reads
+WEIGHTS_FILE = "open_clip_model.safetensors"
+RECIPE_FILE = "pretraining.json"  # how the weights were made (ours; open_clip ignores it)
 
 
-def register_configs() -> list[str]:
-    """Add the tiny configs to open_clip's registry (idempotent; safe after any open_clip rescan)."""
-    from open_clip import factory
-
-    # open_clip's public `add_model_config` only reads JSON files; the registry is a plain dict.
-    for name, cfg in CONFIGS.items():
-        factory._MODEL_CONFIGS[name] = copy.deepcopy(cfg)
-    return list(CONFIGS)
-
-
-def create_model(name: str = MODEL_NAME, seed: int | None = None):
+def create_model(seed: int | None = None):
     """A randomly initialised tiny CLIP (seeded when `seed` is given) and its tokenizer."""
     import open_clip
 
-    register_configs()
     if seed is not None:
         torch.manual_seed(seed)
-    with quiet_random_init_warning():  # random init is the point here, or `load` fills the weights next
-        model = open_clip.create_model(name, pretrained=None)
-    return model, get_tokenizer(name)
+    return open_clip.CLIP(**copy.deepcopy(MODEL_CFG)), get_tokenizer()
 
 
-@contextlib.contextmanager
-def quiet_random_init_warning():
-    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" log record."""
-    def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded")
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
-
-
-def get_tokenizer(name: str = MODEL_NAME):
+def get_tokenizer():
     """open_clip's OpenAI BPE tokenizer at the config's context length (works offline)."""
-    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
 
-    register_configs()
-    return open_clip.get_tokenizer(name)
+    return SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
 
 
 @dataclass
@@ -194,31 +165,34 @@ def clip_mean_std() -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- files
 def save(model, directory: str | Path, settings: PretrainSettings, seed: int, extra: dict | None = None) -> dict:
-    """`model.safetensors` (open_clip's state-dict names) and `config.json` (name, open_clip cfg, recipe)."""
+    """An open_clip folder: the weights (open_clip's state-dict names), its config, and our recipe."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    weights = directory / "model.safetensors"
+    weights = directory / WEIGHTS_FILE
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"model_name": MODEL_NAME})
     config = {
         "model_name": MODEL_NAME,
-        "model_cfg": CONFIGS[MODEL_NAME],
-        "native_image_size": NATIVE_SIZE,
-        "seed": seed,
-        "training": {**asdict(settings), "loss": "open_clip.loss.ClipLoss", "optimizer": "AdamW", **(extra or {})},
+        "model_cfg": MODEL_CFG,
+        "preprocess_cfg": {"size": NATIVE_SIZE, "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
     }
-    write_json(directory / "config.json", config)
-    return {"weights": weights, "config": directory / "config.json"}
+    recipe = {
+        "seed": seed,
+        **asdict(settings), "loss": "open_clip.loss.ClipLoss", "optimizer": "AdamW", **(extra or {}),
+    }  # fmt: skip
+    return {
+        "weights": weights,
+        "config": write_json(directory / CONFIG_FILE, config),
+        "recipe": write_json(directory / RECIPE_FILE, recipe),
+    }
 
 
 def load(directory: str | Path):
-    """(model in eval mode, tokenizer) from a folder written by `save`."""
-    from safetensors.torch import load_file
+    """(model at its native size, in eval mode, tokenizer) from a folder written by `save`, by open_clip's loader."""
+    import open_clip
 
-    directory = Path(directory)
-    config = json.loads((directory / "config.json").read_text())
-    model, tokenizer = create_model(config["model_name"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return model.eval(), tokenizer
+    model = open_clip.create_model(f"local-dir:{directory}")
+    return model.eval(), open_clip.get_tokenizer(f"local-dir:{directory}")

@@ -1,4 +1,4 @@
-"""The miniature datasets on disk (SPEC 7 layout) and the captioned pretraining set.
+"""The miniature datasets on disk (book:protocol-datasets layout) and the captioned pretraining set.
 
 Each picture has its own random stream, `numpy.random.default_rng([seed, stream, class, index])`,
 so a picture does not depend on how many others are drawn or in what order, and the same seed
@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aaclip.io import atomic_path, write_text
-from aaclip.miniature import defects, render
-from aaclip.miniature.catalog import CLASSES, DATASETS, NORMAL_SHARE, SUBTLE_SHARE
+from aaclip_miniature import defects, render
+from aaclip_miniature.catalog import CLASSES, DATASETS, NORMAL_SHARE, SUBTLE_SHARE
 
 PRETRAIN_STREAM = 100  # stream ids keep pretraining pictures apart from every test picture
 MARK_STREAM = 101

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from aaclip.miniature.catalog import COLOURS
-from aaclip.miniature.render import Layers, rgb, smooth_noise
+from aaclip_miniature.catalog import COLOURS
+from aaclip_miniature.render import Layers, rgb, smooth_noise
 
 KINDS = ("scratch", "crack", "hole", "stain", "missing_part", "contamination", "deformation", "lesion")
 FOREIGN = ("red", "blue", "green", "yellow", "orange", "purple", "white", "black", "teal", "pink")

@@ -26,24 +26,28 @@ def add_parsers(subparsers) -> None:
     parser.set_defaults(func=run_miniature)
 
 
-def default_out(size: str) -> Path:
-    """The folder the matching profile reads, so `aaclip train --profile ...` finds the world."""
+def profile_of(size: str):
+    """The profile that reads a world of this size, so `aaclip train --profile ...` finds it."""
     from aaclip.config import Config
-    from aaclip.miniature.build import PROFILE_OF_SIZE
+    from aaclip_miniature.build import PROFILE_OF_SIZE
 
-    return Path(Config.load(PROFILE_OF_SIZE[size]).data_root)
+    return Config.load(PROFILE_OF_SIZE[size])
 
 
 def run_miniature(args: argparse.Namespace) -> int:
-    from aaclip.miniature import build_world
+    from aaclip_miniature import build_world
 
-    out = args.out or default_out(args.size)
+    profile = profile_of(args.size)
+    profile.apply_threads()  # the profile's thread count holds for the world's pretraining too
+    out = args.out or Path(profile.runtime.data_root)
     summary = build_world(out, size=args.size, seed=args.seed, progress=not args.quiet)
     print(format_summary(out, summary))
     return 0
 
 
 def format_summary(out: Path, summary: dict) -> str:
+    from aaclip_miniature.build import TINY_CLIP_DIR
+
     def number(value) -> str:
         return "pending" if value is None else f"{value:.3f}"
 
@@ -58,6 +62,6 @@ def format_summary(out: Path, summary: dict) -> str:
             f"  anchor cosine normal vs abnormal: {number(summary['anchor_cosine'])}",
             f"  baseline CLIP on mini-target: image AUROC {number(summary['baseline_image_auroc'])}, "
             f"pixel AUROC {number(summary['baseline_pixel_auroc'])}",
-            f"  tiny CLIP: {out / 'tiny_clip' / 'model.safetensors'} ({summary['checkpoint_bytes'] / 2**20:.1f} MiB)",
+            f"  tiny CLIP: {out / TINY_CLIP_DIR} ({summary['checkpoint_bytes'] / 2**20:.1f} MiB)",
         ]
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from aaclip.miniature.catalog import BACKGROUNDS, CAPTIONS, CLASSES, COLOURS, LIGHTS, world_classes
+from aaclip_miniature.catalog import BACKGROUNDS, CAPTIONS, CLASSES, COLOURS, LIGHTS, world_classes
 
 
 @dataclass(frozen=True)

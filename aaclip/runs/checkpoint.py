@@ -21,27 +21,6 @@ from aaclip.errors import AAClipError
 from aaclip.io import atomic_path, write_json
 
 FORMAT = "aaclip-checkpoint/1"
-# What the adapters' shapes and meaning depend on: a checkpoint only loads into a model built
-# with the same values (SPEC 1-2). Checked before building the model, from the configs.
-ARCHITECTURE_KEYS = ("backbone", "pretrained", "image_size", "activation", "adapter_weight", "seg_relu")
-# Settings that default to a fraction of the backbone's depth (None): compared once resolved, so
-# `levels=None` and the explicit default `[2, 4, 6, 8]` of an 8-block tower are the same model.
-DEPTH_KEYS = ("levels", "text_adapt_until", "image_adapt_until")
-# How to evaluate, not what was trained: a loaded run takes these from the caller's config.
-EVALUATION_KEYS = (
-    "profile",
-    "device",
-    "data_root",
-    "save_path",
-    "out_dir",
-    "test_datasets",
-    "batch_size",
-    "num_workers",
-    "precision",
-    "normalize",
-    "aupro",
-    "metric_resolution",
-)
 
 
 class CheckpointError(AAClipError):
@@ -57,6 +36,7 @@ class Checkpoint:
 
     @property
     def config(self) -> Config:
+        """The run's own config, as it was trained."""
         return Config.from_dict(self.meta["config"], source=f"config keys in {self.path.with_suffix('.json')}")
 
 
@@ -140,55 +120,34 @@ def read_checkpoint(path) -> Checkpoint:
     return Checkpoint(path=file, meta=meta, adapters=adapters, optimizer=optimizer)
 
 
-def check_compatible(stored: dict, cfg: Config, source) -> None:
-    """Fail, naming the key, if `cfg` would build a model the stored adapters do not fit."""
-    wanted = cfg.to_dict()
-    for key in ARCHITECTURE_KEYS:
-        if stored.get(key) != wanted[key]:
-            raise CheckpointError(
-                f"{source} was trained with {key}={stored.get(key)!r} but the config asks for "
-                f"{key}={wanted[key]!r}; use the same {key} (or the profile the run was trained with)"
-            )
+def check_backbone(meta: dict, backbone, source) -> None:
+    """The loaded backbone must be the one the run was trained with: same name, same weights' content."""
+    stored = meta.get("model", {})
+    if stored.get("backbone") != backbone.name:
+        raise CheckpointError(f"{source} was trained on backbone {stored.get('backbone')!r}, not {backbone.name!r}")
+    expected, found = stored.get("weights_sha256"), backbone.weights.sha256
+    if expected != found:
+        raise CheckpointError(
+            f"{source} was trained with backbone weights sha256 {expected}, but {backbone.pretrained} has "
+            f"{found}: point the backbone at the file the run was trained with"
+        )
 
 
-def check_depth_settings(model, cfg: Config, source) -> None:
-    """The depth-derived settings of `cfg`, resolved for this backbone, must be the model's."""
-    from aaclip.model import depth_setting, resolve_levels
+def load_run(path, root: str | None = None, device: str = "cpu"):
+    """Rebuild AA-CLIP from a checkpoint -> (model in eval mode, the run's config).
 
-    b = model.backbone
-    wanted = {
-        "levels": resolve_levels(cfg.levels, b.vision_depth),
-        "text_adapt_until": depth_setting(cfg.text_adapt_until, b.text_depth, "text_adapt_until"),
-        "image_adapt_until": depth_setting(cfg.image_adapt_until, b.vision_depth, "image_adapt_until"),
-    }
-    for key in DEPTH_KEYS:
-        if getattr(model, key) != wanted[key]:
-            raise CheckpointError(
-                f"{source} was trained with {key}={getattr(model, key)!r} but the config asks for "
-                f"{key}={wanted[key]!r}; use the same {key}"
-            )
-
-
-def load_model(save_path_or_file, cfg: Config | None = None, device: str | None = None):
-    """Rebuild AA-CLIP from a checkpoint -> (model, config of the run).
-
-    With `cfg`, its architecture must match the checkpoint's (else an error naming the key) and
-    its evaluation settings (data root, device, normalisation, batch size, ...) win; the returned
-    config keeps the run's training settings, so an ablation is evaluated as it was trained.
+    The model is built from the run's own model config (its backbone looked up under `root`,
+    default the run's data root) and must match what was trained: the backbone's weights by
+    content (`check_backbone`) and every adapter tensor by name and shape.
     """
     from aaclip.model import AAClip
 
-    checkpoint = read_checkpoint(save_path_or_file)
+    checkpoint = read_checkpoint(path)
     run_cfg = checkpoint.config
-    if cfg is not None:
-        check_compatible(checkpoint.meta["config"], cfg, checkpoint.path)
-        run_cfg = run_cfg.replace(**{k: getattr(cfg, k) for k in EVALUATION_KEYS})
-    model = AAClip.from_config(run_cfg, device=device or run_cfg.resolve_device())
-    if cfg is not None:
-        check_depth_settings(model, cfg, checkpoint.path)
+    model = AAClip.from_config(run_cfg.model, root=root or run_cfg.runtime.data_root, device=device)
+    check_backbone(checkpoint.meta, model.backbone, checkpoint.path)
     model.load_adapter_state_dict(checkpoint.adapters, source=str(checkpoint.path))
-    model.eval()
-    return model, run_cfg
+    return model.eval(), run_cfg
 
 
 # ---------------------------------------------------------------------------------- optimiser state

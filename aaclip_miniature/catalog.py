@@ -10,8 +10,9 @@ The target world shows defect kinds that the auxiliary world never does (crack, 
 deformation, and lesions in the scans): the paper warns that models overfit to the defect
 shapes they were trained on, and this is how the miniature can show it.
 
-`aaclip.data.registry` reads `DATASETS[name]["domain"]` and `DATASETS[name]["classes"]`
-(class -> descriptive name used in prompts, SPEC 3 and 7).
+The world writes each dataset's `dataset.json` from `DATASETS[name]["domain"]` and
+`DATASETS[name]["classes"]` (class -> descriptive name used in the prompts, book:method-anchors),
+the same description a user's own prepared folder has.
 """
 
 from __future__ import annotations

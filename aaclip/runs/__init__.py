@@ -1,0 +1,1 @@
+"""AA-CLIP, runs: training, checkpoints, inference and evaluation on top of the method in `aaclip`."""
