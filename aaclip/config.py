@@ -96,8 +96,20 @@ def option(default, help: str, *, choices: tuple | None = None, check=None, flag
 
 
 # ---------------------------------------------------------------------------- the groups
+class Group:
+    """A config group: checks every field against its declared choices and range on construction."""
+
+    name: typing.ClassVar[str]
+
+    def __post_init__(self):
+        for f in fields(self):
+            problem = check_value(self, f)
+            if problem:
+                raise ConfigError(f"{self.name}.{f.name}={getattr(self, f.name)!r}: {problem}")
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Group):
     """What AA-CLIP is: the backbone and the adapters (book:method-backbone, book:method-adapters).
 
     A checkpoint only loads into a model built from the same values; `pretrained` says where the
@@ -124,7 +136,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Group):
     """What a run trains on and the settings both stages share (book:protocol-datasets)."""
 
     dataset: str = option("VisA", "auxiliary (training) dataset, e.g. VisA or mini-aux")
@@ -136,7 +148,7 @@ class TrainConfig:
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(Group):
     """Stage 1: the text adapters (book:method-stage1)."""
 
     enabled: bool = option(True, "train stage 1", flag="stage1")
@@ -149,7 +161,7 @@ class Stage1Config:
 
 
 @dataclass
-class Stage2Config:
+class Stage2Config(Group):
     """Stage 2: the image adapters and projections (book:method-stage2)."""
 
     enabled: bool = option(True, "train stage 2", flag="stage2")
@@ -162,7 +174,7 @@ class Stage2Config:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Group):
     """How a run is tested (book:method-normalisation, book:protocol-metrics)."""
 
     datasets: list[str] = option(["MVTec"], "target (test) datasets")
@@ -176,7 +188,7 @@ class EvalConfig:
 
 
 @dataclass
-class RuntimeConfig:
+class RuntimeConfig(Group):
     """Where and on what the work runs."""
 
     profile: str = option("paper", "the profile these values came from")
@@ -186,6 +198,10 @@ class RuntimeConfig:
     data_root: str = option("data", "where the datasets (and a relative backbone path) live")
     save_path: str = option("runs/aaclip", "the training run's directory")
 
+
+for _name, _cls in (("model", ModelConfig), ("train", TrainConfig), ("stage1", Stage1Config),
+                    ("stage2", Stage2Config), ("eval", EvalConfig), ("runtime", RuntimeConfig)):
+    _cls.name = _name
 
 GROUPS = {
     "model": ModelConfig,
@@ -208,14 +224,10 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        for group, cls in GROUPS.items():
+        for group, cls in GROUPS.items():  # each group checked its own fields when it was made
             part = getattr(self, group)
             if not isinstance(part, cls):
                 raise ConfigError(f"{group} must be a {cls.__name__}, got {type(part).__name__}")
-            for f in fields(part):
-                problem = check_value(part, f)
-                if problem:
-                    raise ConfigError(f"{group}.{f.name}={getattr(part, f.name)!r}: {problem}")
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -362,24 +374,16 @@ def coerce(name: str, value, hint):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"parameter {name!r} expects true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if hint in (int, float):  # an int is a fine float; a float or a bool is no int
+        accepted = (int, float) if hint is float else int
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        raise ConfigError(f"parameter {name!r} expects an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"parameter {name!r} expects a number, got {value!r}")
+        raise ConfigError(f"parameter {name!r} expects {'an integer' if hint is int else 'a number'}, got {value!r}")
     if hint is str:
         if isinstance(value, (str, Path)):
             return str(value)

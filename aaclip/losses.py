@@ -37,7 +37,7 @@ def per_sample_anchors(anchors: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def similarity(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """SPEC 4: S = 100 * f @ T per sample: (B, N, D) x (B, D, 2) -> (B, N, 2)."""
+    """book:method-seg-loss: S = 100 * f @ T per sample: (B, N, D) x (B, D, 2) -> (B, N, 2)."""
     anchors = per_sample_anchors(anchors, features.shape[0])
     return LOGIT_SCALE * torch.bmm(features.float(), anchors.float())
 
@@ -61,7 +61,7 @@ def _mask(gt_mask: torch.Tensor) -> torch.Tensor:
 
 
 def focal_loss(P: torch.Tensor, M: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
-    """SPEC 4: focal loss on probabilities (alpha 1), averaged over all pixels of the batch.
+    """book:method-seg-loss: focal loss on probabilities (alpha 1), averaged over all pixels of the batch.
 
     P: (B, 2, H, W) probabilities (normal, abnormal); M: (B, [1,] H, W) mask, nonzero = abnormal.
     q = one_hot(M) clamped to [1e-5, 1 - 1e-5]; pt = sum_c q_c P_c + 1e-5; loss -(1 - pt)^gamma log(pt).
@@ -74,7 +74,7 @@ def focal_loss(P: torch.Tensor, M: torch.Tensor, gamma: float = FOCAL_GAMMA) -> 
 
 
 def dice_loss(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """SPEC 4: 1 - mean over the batch of (2 sum(p m) + 1) / (sum(p) + sum(m) + 1)."""
+    """book:method-seg-loss: 1 - mean over the batch of (2 sum(p m) + 1) / (sum(p) + sum(m) + 1)."""
     p = p.float().reshape(p.shape[0], -1)
     m = m.float().reshape(m.shape[0], -1)
     dice = (2 * (p * m).sum(1) + DICE_SMOOTH) / (p.sum(1) + m.sum(1) + DICE_SMOOTH)
@@ -82,7 +82,7 @@ def dice_loss(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_loss(S: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
-    """SPEC 4: Focal(P, M) + Dice(P1, M) + Dice(P0, 1 - M).
+    """book:method-seg-loss: Focal(P, M) + Dice(P1, M) + Dice(P0, 1 - M).
 
     S: similarity logits (B, N, 2) on the patch grid (or already (B, 2, g, g)). They are
     upsampled bilinearly (align_corners=True) to the mask size, then softmaxed over the 2 channels.
@@ -95,7 +95,7 @@ def segmentation_loss(S: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonal_loss(anchors: torch.Tensor) -> torch.Tensor:
-    """SPEC 4: L_orth = (mean over the batch of <t_normal, t_abnormal>)^2, anchors (B, D, 2)."""
+    """book:method-seg-loss: L_orth = (mean over the batch of <t_normal, t_abnormal>)^2, anchors (B, D, 2)."""
     if anchors.dim() == 2:
         anchors = anchors.unsqueeze(0)
     inner = (anchors[..., 0].float() * anchors[..., 1].float()).sum(-1)
@@ -103,7 +103,7 @@ def orthogonal_loss(anchors: torch.Tensor) -> torch.Tensor:
 
 
 def image_loss(embedding: torch.Tensor, anchors: torch.Tensor, gt_label: torch.Tensor) -> torch.Tensor:
-    """SPEC 5: CE(embedding @ T, label) with the raw cosines as logits (no temperature)."""
+    """book:method-stage2: CE(embedding @ T, label) with the raw cosines as logits (no temperature)."""
     anchors = per_sample_anchors(anchors, embedding.shape[0])
     logits = torch.einsum("bd,bdc->bc", embedding.float(), anchors.float())
     return F.cross_entropy(logits, gt_label.long().to(logits.device))
@@ -118,16 +118,16 @@ def stage1_loss(
     mode: str = "released",
     orth_weight: float = 0.1,
 ) -> dict[str, torch.Tensor]:
-    """SPEC 4, stage 1 (text side), on the frozen V-V features of `AAClip.stage1_features`.
+    """book:method-seg-loss, stage 1 (text side), on the frozen V-V features of `AAClip.stage1_features`.
 
     - `mode="released"` (default, what produced the published numbers):
       L = L_seg(last level only) + orth_weight * L_orth. The other levels would be dropped,
       so they are not even scored here.
     - `mode="paper"` (the paper's equation): L = sum over all levels of L_seg
-      + L_image + orth_weight * L_orth, where L_image is SPEC 5's image-level CE applied to
+      + L_image + orth_weight * L_orth, where L_image is book:method-stage2's image-level CE applied to
       the CLS-based score: logits = [<g, t_normal>, <g, t_abnormal>] with g the L2-normalised
       global image embedding of the unmodified CLIP (CLS token -> ln_post -> visual.proj,
-      `stage1_features(..., return_global=True)`), raw cosines as logits like SPEC 5.
+      `stage1_features(..., return_global=True)`), raw cosines as logits like book:method-stage2.
       Needs `gt_label` and `image_embedding`.
     Returns {"loss", "seg", "orth"} (+ "image" in paper mode).
     """
@@ -152,7 +152,7 @@ def stage2_loss(
     gt_mask: torch.Tensor,
     gt_label: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """SPEC 5, stage 2 (image side): CE(det @ T, label) + sum over levels of L_seg(100 * seg_l @ T).
+    """book:method-stage2, stage 2 (image side): CE(det @ T, label) + sum over levels of L_seg(100 * seg_l @ T).
 
     No orthogonal loss; the anchors are frozen (computed once without grad). Returns {"loss", "seg", "image"}.
     """

@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics of SPEC 8, exact and fast enough for 80M pixels per class.
+"""Anomaly-detection metrics of book:protocol-metrics, exact and fast enough for 80M pixels per class.
 
 Per class: image AUROC, AP and F1-max from `pred_score`/`gt_label`; pixel AUROC, AP, F1-max
 and AUPRO from `anomaly_map`/`gt_mask`. A metric that one label alone cannot define is NaN
@@ -16,7 +16,7 @@ sorted normals), and all curve metrics are sums over those distinct values:
 - AP = sum over anomalous pixels of precision at their score / number of anomalous pixels;
 - F1-max = max over distinct anomalous scores of 2 TP / (TP + FP + P).
 
-Two AUPRO definitions (SPEC 8); results say which one was used, and legacy is labelled so:
+Two AUPRO definitions (book:protocol-metrics); results say which one was used, and legacy is labelled so:
 
 - "exact" (MVTec AD reference, anomalib >= 2.3): every distinct score is a threshold; FPR over
   all normal pixels of the class; PRO = mean over connected ground-truth regions
@@ -72,7 +72,7 @@ class MetricInputError(AAClipError, ValueError):
 
 
 def evaluate_class(pred_score, gt_label, anomaly_map=None, gt_mask=None, aupro: str = "exact") -> dict:
-    """SPEC 8 metrics of one class: the seven METRIC_NAMES as floats in [0, 1] or NaN.
+    """book:protocol-metrics metrics of one class: the seven METRIC_NAMES as floats in [0, 1] or NaN.
 
     pred_score, gt_label: (N,); anomaly_map: (N, H, W) or (N, 1, H, W); gt_mask: the same
     shape, bool or 0/1. numpy arrays or torch tensors. Without maps the pixel metrics are NaN.
@@ -133,7 +133,7 @@ def pixel_metrics(anomaly_map, gt_mask, aupro: str = "exact") -> dict:
 
 
 def summarize(per_class: dict[str, dict]) -> dict:
-    """Unweighted mean over classes of each metric, skipping NaN (SPEC 8), with the counts used."""
+    """Unweighted mean over classes of each metric, skipping NaN (book:protocol-metrics), with the counts used."""
     means, counts = {}, {}
     for name in METRIC_NAMES:
         values = [float(m.get(name, math.nan)) for m in per_class.values()]
@@ -309,7 +309,7 @@ def _check_finite(scores: np.ndarray, name: str) -> None:
 def _split_pixels(maps: np.ndarray, masks: np.ndarray, regions: bool):
     """Normal scores; anomalous scores with their region index and each region's PRO weight.
 
-    Regions are the 8-connected components of each image's mask (SPEC 8), labelled inside
+    Regions are the 8-connected components of each image's mask (book:protocol-metrics), labelled inside
     the mask's bounding box (same components, far less work). Filled image by image so
     that no temporary has the size of the whole class.
     """

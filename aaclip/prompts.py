@@ -44,6 +44,12 @@ def text_anchors(encode: Callable[[torch.Tensor], torch.Tensor], tokenizer, name
     return torch.stack(anchors)
 
 
+def anchor_cosines(anchors: torch.Tensor) -> torch.Tensor:
+    """cos(t_normal, t_abnormal) of each class, (C,) from anchors (C, D, 2): 1 means the text side cannot
+    tell "a damaged X" from "an X" (anomaly unawareness, book:method-anchors)."""
+    return (anchors[..., 0].float() * anchors[..., 1].float()).sum(-1)
+
+
 def _device_of(encode) -> torch.device:
     owner = getattr(encode, "__self__", None)
     if isinstance(owner, torch.nn.Module):

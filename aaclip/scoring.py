@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from aaclip.errors import AAClipError
-from aaclip.losses import LOGIT_SCALE, grid_logits, per_sample_anchors
+from aaclip.losses import grid_logits, per_sample_anchors, similarity
 
 BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # domain -> (kernel size, sigma), book:method-scoring
 
@@ -39,10 +39,9 @@ def level_maps(seg: list[torch.Tensor], anchors: torch.Tensor) -> torch.Tensor:
 
     seg: L tensors (B, N, D); anchors (B, D, 2) or (D, 2). Returns (B, L, g, g) float32.
     """
-    anchors = per_sample_anchors(anchors, seg[0].shape[0]).float()
     maps = []
     for f in seg:
-        S = grid_logits(LOGIT_SCALE * torch.bmm(f.float(), anchors))  # (B, 2, g, g)
+        S = grid_logits(similarity(f, anchors))  # (B, 2, g, g)
         maps.append((S[:, 1] + 1 - S[:, 0]) / 2)
     return torch.stack(maps, dim=1)
 
@@ -89,8 +88,8 @@ def raw_anomaly_map(seg: list[torch.Tensor], anchors: torch.Tensor, domain: str,
 def raw_image_score(det: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """book:method-scoring: (cos(det, t_abnormal) + 1) / 2, (B,).
 
-    As in SPEC 5 ("det @ T, raw cosines"), the cosine is det . t_abnormal with det as built
-    (a mean of unit vectors, deliberately not renormalised, SPEC 2): exactly the released score.
+    As in book:method-stage2 ("det @ T, raw cosines"), the cosine is det . t_abnormal with det as built
+    (a mean of unit vectors, deliberately not renormalised, book:method-adapters): exactly the released score.
     For the baseline, det is CLIP's unit image embedding, so this is the true cosine.
     """
     anchors = per_sample_anchors(anchors, det.shape[0]).float()

@@ -16,12 +16,14 @@ def denormalize(image_tensor, mean, std) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay(image, anomaly_map, vmin: float = 0.0, vmax: float = 1.0, alpha: float = 0.5, cmap: str = "jet"):
+def overlay(image, anomaly_map, vmin: float = 0.0, vmax: float = 1.0, alpha: float = 0.5, cmap: str = "jet",
+            threshold: float | None = None):
     """Blend a colour-mapped anomaly map over an RGB image -> uint8 (H, W, 3).
 
     `image`: uint8 or float in [0, 1], (H, W, 3) or (H, W), or a PIL image. `anomaly_map`: (h, w);
     resized bilinearly to the image if needed. Colours span [vmin, vmax] whatever the map's own
-    range, so a clean image stays blue instead of being stretched to red.
+    range, so a clean image stays blue instead of being stretched to red. With `threshold`, the
+    heat is drawn only where the map reaches it.
     """
     import matplotlib
 
@@ -31,8 +33,21 @@ def overlay(image, anomaly_map, vmin: float = 0.0, vmax: float = 1.0, alpha: flo
         raise ValueError(f"overlay: vmax ({vmax}) must exceed vmin ({vmin})")
     scaled = np.clip((heat - vmin) / (vmax - vmin), 0.0, 1.0)
     colours = matplotlib.colormaps[cmap](scaled)[..., :3].astype(np.float32)
+    if threshold is not None:
+        alpha = np.where(heat >= threshold, alpha, 0.0)[..., None].astype(np.float32)
     blended = (1.0 - alpha) * rgb + alpha * colours
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Boolean edge pixels of a mask (the mask minus its 4-neighbour erosion)."""
+    m = np.asarray(mask, bool)
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
 
 
 def _numpy(x) -> np.ndarray:

@@ -1,24 +1,26 @@
-"""The research book: run the notebooks with papermill, then render them with Jupyter Book.
+"""The research book's build: run the notebooks with papermill, then render them with Jupyter Book.
 
 `aaclip book --profile miniature` (what `make book` runs) does, in order:
 
-1. resolves the parameters with `Config.load(profile, **params)`, so that an unknown name or a
+1. resolves the parameters with `Config.load(profile, params)`, so that an unknown name or a
    wrong type fails before anything runs;
 2. copies the book sources (`_config.yml`, `_toc.yml`, `book/`, `notebooks/`) into a staging
    folder beside the output and executes the notebooks there with papermill, in dependency order
    (00 -> 06): the committed notebooks never receive outputs;
 3. stops at the first failing cell, naming the notebook and the cell;
-4. fetches the pinned widget and MathJax JavaScript (package-lock.json) so that the book renders
-   offline, runs `jupyter-book build -W` (warnings are errors) on the staging copy, and only then
-   swaps the new HTML in for the old: a failed run leaves the previous complete book in place.
+4. hides the parameter cells (ours and papermill's injected one: the build record lists the
+   parameters), fetches the pinned widget and MathJax JavaScript (package-lock.json) so that the
+   book renders offline, runs `jupyter-book build -W` (warnings are errors) on the staging copy,
+   and only then swaps the new HTML in for the old: a failed run leaves the previous complete book
+   in place.
 
-Notebooks build their config with `notebook_config(...)`, so the names in their `parameters`
-cell, the `-p` flags here and the CLI's flags all mean the same `Config` fields.
+Every notebook's `parameters` cell holds `profile`, `parameters` (Config fields as
+{"group.field": value}) and `seeds`, and its set-up cell passes them to `aaclip_book.runtime`, so
+the `-p` flags here, papermill's and the CLI's flags all mean the same `Config` fields.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import hashlib
@@ -35,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aaclip.errors import AAClipError
+from aaclip_book.runtime import DEFAULT_SEEDS, BookError
 
 ROOT = Path(__file__).resolve().parent.parent  # the source checkout holding the book
 
@@ -72,104 +74,29 @@ STATIC_ASSETS = {
 KERNEL = "python3"
 
 
-class BookError(AAClipError):
-    """A notebook or the HTML build failed; the previous book is untouched."""
+# The names every notebook's parameters cell defines; `-p KEY VALUE` with any other KEY is a Config field.
+NOTEBOOK_PARAMETERS = {"profile": "miniature", "parameters": {}, "seeds": list(DEFAULT_SEEDS)}
+HIDDEN_TAGS = ("parameters", "injected-parameters")  # cells the rendered pages leave out
 
 
 # --------------------------------------------------------------------------- parameters
-def notebook_config(profile: str = "miniature", overrides: dict | None = None, **parameters):
-    """The one Config a notebook works with: the profile, then every parameter that is not None.
-
-    A notebook's parameters cell sets the names of NOTEBOOK_PARAMETERS to None ("the profile's
-    value"), so papermill's `-p seed 3` is the only thing that changes `cfg.seed`. Without an
-    explicit save_path the run goes to `runs/<profile>/<digest of the training settings>`: chapters
-    with the same settings share one training, and a changed setting never meets an old run.
-    """
-    from aaclip.config import Config
-
-    given = {name: value for name, value in parameters.items() if value is not None}
-    given.update(overrides or {})
-    cfg = Config.load(profile, **given)
-    if "save_path" not in given:
-        cfg = cfg.replace(save_path=f"runs/{Path(profile).stem}/{training_digest(cfg)}")
-    return cfg
-
-
-def training_digest(cfg) -> str:
-    """Ten hex digits naming the training settings (evaluation settings and paths left out).
-
-    A local weights file (the miniature's tiny CLIP) enters by size and modification time, so a
-    rebuilt world with a newly pretrained backbone gets a new run folder instead of an old run.
-    """
-    from aaclip.checkpoint import EVALUATION_KEYS
-
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in EVALUATION_KEYS}
-    for weights in (Path(cfg.data_root) / cfg.pretrained, Path(cfg.pretrained)):
-        if weights.is_file():
-            stat = weights.stat()
-            settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
-            break
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def uses_miniature(cfg) -> bool:
-    return cfg.backbone.startswith("aaclip-tiny")
-
-
-def set_threads(cfg) -> None:
-    """One CPU thread for the miniature: the tiny CLIP's matrices are too small to gain from threads
-    (and lose on a busy CPU). Real backbones keep torch's default."""
-    if uses_miniature(cfg):
-        import torch
-
-        torch.set_num_threads(1)
-
-
-def ensure_data(cfg, progress: bool = True) -> dict | None:
-    """Build the miniature world the profile needs (cached: instant once built); returns its summary.
-
-    The smoke profile gets the smoke-size world, every other miniature profile the default size.
-    For real data, check that the training and test metadata exist and say how to make them.
-    """
-    from aaclip.data.registry import get_dataset, metadata_path
-
-    if uses_miniature(cfg):
-        from aaclip.miniature import build_world
-
-        size = "smoke" if Path(cfg.profile).stem == "smoke" else "default"
-        return build_world(cfg.data_root, size=size, progress=progress)
-    missing = [
-        f"{name}: {metadata_path(cfg.data_root, name, shot)}"
-        for name, shot in [(cfg.train_dataset, cfg.shot), *[(t, -1) for t in cfg.test_datasets]]
-        if not metadata_path(cfg.data_root, name, shot).is_file()
-    ]
-    if missing:
-        folders = ", ".join(sorted({get_dataset(m.split(":")[0], cfg.data_root).folder for m in missing}))
-        raise BookError(
-            "missing dataset metadata:\n  " + "\n  ".join(missing)
-            + f"\nunpack the datasets under {cfg.data_root}/ ({folders}) and run `aaclip prepare` (book/reproduce.md)"
-        )
-    return None
-
-
 def resolve_parameters(profile: str, params: dict) -> tuple[object, dict]:
-    """Check -p values against Config (names and types) and split them as the notebooks take them.
+    """Check -p values against Config (names and types) and put them as the notebooks take them.
 
-    Returns (cfg, papermill parameters): the standard names go in directly, typed; the other Config
-    fields go in `overrides`. Raises ConfigError naming the bad key before anything runs.
+    `params` maps "group.field" (or "seeds") to a value; returns (cfg, papermill parameters).
+    Raises ConfigError naming the bad key before anything runs.
     """
-    if "profile" in params:
-        raise BookError("choose the profile with --profile, not -p profile")
-    if "overrides" in params:
-        raise BookError("pass Config fields one by one with -p KEY VALUE instead of -p overrides")
-    cfg = notebook_config(profile, **params)
-    values = cfg.to_dict()
-    injected = {"profile": profile}
-    injected.update({name: values[name] for name in params if name in NOTEBOOK_PARAMETERS})
-    overrides = {name: values[name] for name in params if name not in NOTEBOOK_PARAMETERS}
-    if overrides:
-        injected["overrides"] = overrides
-    return cfg, injected
+    from aaclip.config import Config, coerce
+
+    params = dict(params)
+    if "profile" in params or "parameters" in params:
+        raise BookError("choose the profile with --profile, and give Config fields one by one: -p group.field VALUE")
+    seeds = coerce("seeds", params.pop("seeds"), list[int]) if "seeds" in params else list(DEFAULT_SEEDS)
+    if not seeds:
+        raise BookError("seeds: give at least one training seed")
+    cfg = Config.load(profile, params)  # every key and type checked
+    flat = cfg.flat()
+    return cfg, {"profile": profile, "parameters": {key: flat[key] for key in params}, "seeds": seeds}
 
 
 def select_notebooks(names=None) -> list[str]:
@@ -346,6 +273,8 @@ def build_book(
             timings = execute_notebooks(names, root / "notebooks", staging / "notebooks", injected, root, progress)
         else:
             timings = copy_executed(names, Path(executed), staging / "notebooks")
+        for name in names:
+            hide_parameter_cells(staging / "notebooks" / f"{name}.ipynb")
         write_build_record(staging / "book" / "build_record.md", cfg, injected, timings)
         fonts = [p for p in install_static_assets(staging / ASSET_DIR, lockfile=root / "package-lock.json")
                  if p.parent.name == "widgets" and p.suffix in FONT_SUFFIXES]
@@ -396,6 +325,18 @@ def stage_sources(root: Path, staging: Path, names: list[str]) -> None:
     else:
         page.write_text(page.read_text() + "\n*No benchmark table yet: `make bench` writes "
                         f"`{BENCHMARK_TABLE.as_posix()}`, and the next book build includes it here.*\n")
+
+
+def hide_parameter_cells(path: Path) -> None:
+    """Tag the parameter cells `remove-cell`, so each page shows its set-up once, not the parameters twice."""
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    for cell in notebook.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if any(tag in tags for tag in HIDDEN_TAGS) and "remove-cell" not in tags:
+            cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
+    nbformat.write(notebook, str(path))
 
 
 def copy_executed(names, executed: Path, dest: Path) -> dict[str, float]:
@@ -460,37 +401,3 @@ def format_timings(timings: dict[str, float]) -> str:
     rows = [f"  {name:<{width}}  {seconds:7.1f} s" for name, seconds in timings.items()]
     rows.append(f"  {'total':<{width}}  {sum(timings.values()):7.1f} s")
     return "\n".join(rows)
-
-
-# --------------------------------------------------------------------------- CLI
-def add_parsers(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "book", help="execute the notebooks (papermill) and build the HTML book (Jupyter Book)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--profile", default="miniature", help="miniature (default), smoke, paper, or a YAML file")
-    parser.add_argument(
-        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-        help="a Config field for every notebook, e.g. -p seed 3 -p test_datasets MVTec,BTAD (repeatable)",
-    )
-    parser.add_argument("--out", default=None, help="build folder (default book/_build; the HTML goes to OUT/html)")
-    parser.add_argument("--notebooks", nargs="+", default=None, metavar="NB", help="only these chapters, e.g. 00 06")
-    parser.add_argument("--executed", default=None, metavar="DIR", help="render already executed notebooks from DIR")
-    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
-    parser.set_defaults(func=run_book)
-
-
-def run_book(args) -> int:
-    parameters = {}
-    for key, value in args.parameter:
-        if key in parameters:
-            raise BookError(f"parameter {key!r} given twice")
-        parameters[key] = value
-    result = build_book(
-        profile=args.profile, parameters=parameters, out=args.out, notebooks=args.notebooks,
-        executed=args.executed, progress=not args.no_progress,
-    )
-    if result.timings:
-        print("execution time per notebook:\n" + format_timings(result.timings))
-    print(f"book built in {result.seconds:.1f} s: {result.html / 'index.html'}")
-    return 0

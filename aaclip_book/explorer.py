@@ -1,4 +1,4 @@
-"""The heatmap explorer of chapter 6: class, image, level, threshold and overlay opacity.
+"""Chapter 6, the heatmap explorer: class, image, level, threshold and overlay opacity.
 
 Two views of the same `ExplorerData`:
 - `widget(data)`: ipywidgets, redrawn by the kernel (Jupyter, or the book's embedded widget state,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from aaclip.plots import mask_outline
+from aaclip.viz import mask_outline, overlay
 
 FUSED = "fused map (as scored)"
 
@@ -34,35 +34,57 @@ class ExplorerData:
     items: dict[str, list[dict]]  # class -> [{"image": uint8 (S,S,3), "mask": bool (S,S), "maps": {level: (S,S) in [0,1]}, "caption": str}]
 
 
-def build(predictions, level_maps, indices_by_class: dict[str, list[int]], max_size: int = 256) -> ExplorerData:
+def explorer_data(book, model, per_class: int = 4) -> "ExplorerData":
+    """The explorer over every target set: saved predictions joined with per-level maps of a few images per class."""
+    from aaclip_book import runs, samples, unawareness
+
+    parts = []
+    for name in book.cfg.eval.datasets:
+        predictions = runs.ensure_predictions(book.cfg, name, progress=book.progress)
+        dataset = runs.dataset(model, book.cfg, name)
+        indices = samples.pick_images(dataset, per_class=per_class, seed=book.cfg.train.seed)
+        maps = unawareness.level_predictions(model, book.cfg, dataset, indices, "AA-CLIP")
+        pictures, _ = samples.pictures(dataset, indices)
+        by_class = {f"{name} / {c}": [k for k, c2 in enumerate(maps.class_name) if c2 == c] for c in dataset.class_names}
+        parts.append(build(predictions, maps, pictures, [f"block {b}" for b in model.levels], by_class))
+    return merge(parts)
+
+
+def counts(data: "ExplorerData") -> dict:
+    return {"n_explorer_classes": len(data.classes), "n_explorer_images": sum(len(items) for items in data.items.values())}
+
+
+def build(predictions, maps, pictures, level_names, indices_by_class: dict[str, list[int]], max_size: int = 256) -> ExplorerData:
     """Join saved predictions (the fused, normalised map and the score) with per-level maps.
 
-    `level_maps`: an `aaclip.analysis.LevelMaps` of the chosen images; `indices_by_class`: which
-    of its rows belong to each class. Level maps are raw similarities on different scales, so each
-    is min-max scaled over the shown images of its class (display only; the fused map is the one
-    the metrics use, already normalised). Pictures larger than `max_size` are shrunk for display.
+    `maps`: a Batch with `level_maps` of the chosen images, `pictures` their uint8 pixels;
+    `indices_by_class`: which of its rows belong to each class. Level maps are raw similarities on
+    different scales, so each is min-max scaled over the shown images of its class (display only;
+    the fused map is the one the metrics use, already normalised). Pictures larger than `max_size`
+    are shrunk for display.
     """
     where = {path: i for i, path in enumerate(predictions.image_path)}
+    gt_mask = maps.masks()
     items = {}
     for class_name, rows in indices_by_class.items():
         scaled = {}
-        for l, name in enumerate(level_maps.level_names):
-            values = level_maps.levels[rows, l]
+        for l, name in enumerate(level_names):
+            values = maps.level_maps[rows, l]
             lo, hi = float(values.min()), float(values.max())
             scaled[name] = (values - lo) / max(hi - lo, 1e-12)
         entries = []
         for k, row in enumerate(rows):
-            p = where[level_maps.image_path[row]]
+            p = where[maps.image_path[row]]
             label = "anomalous" if int(predictions.gt_label[p]) == 1 else "normal"
-            maps = {FUSED: np.clip(predictions.anomaly_map[p], 0, 1), **{n: scaled[n][k] for n in scaled}}
+            heat = {FUSED: np.clip(predictions.anomaly_map[p], 0, 1), **{n: scaled[n][k] for n in scaled}}
             entries.append({
-                "image": shrink(level_maps.images[row], max_size, Image.BICUBIC),
-                "mask": shrink(level_maps.gt_mask[row], max_size, Image.NEAREST),
-                "maps": {n: shrink(m.astype(np.float32), max_size, Image.BILINEAR) for n, m in maps.items()},
+                "image": shrink(pictures[row], max_size, Image.BICUBIC),
+                "mask": shrink(gt_mask[row], max_size, Image.NEAREST),
+                "maps": {n: shrink(m.astype(np.float32), max_size, Image.BILINEAR) for n, m in heat.items()},
                 "caption": f"{class_name} #{k + 1}: {label}, image score {float(predictions.pred_score[p]):.3f}",
             })
         items[class_name] = entries
-    return ExplorerData(list(items), [FUSED, *level_maps.level_names], items)
+    return ExplorerData(list(items), [FUSED, *level_names], items)
 
 
 def merge(parts: list[ExplorerData]) -> ExplorerData:
@@ -83,15 +105,9 @@ def shrink(array: np.ndarray, size: int, resample) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- drawing
-def render(image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None, threshold: float, opacity: float) -> np.ndarray:
+def draw_view(image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None, threshold: float, opacity: float) -> np.ndarray:
     """uint8 RGB: jet(heat) blended at `opacity` where heat >= threshold, mask outlined in white."""
-    import matplotlib
-
-    rgb = image.astype(np.float32) / 255.0
-    colours = matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    alpha = np.where(heat >= threshold, opacity, 0.0)[..., None]
-    out = (1 - alpha) * rgb + alpha * colours
-    out = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    out = overlay(image, heat, 0.0, 1.0, opacity, threshold=threshold)
     if mask is not None:
         out[mask_outline(mask)] = 255
     return out
@@ -125,7 +141,7 @@ def widget(data: ExplorerData, width: int = 320):
     def redraw(_=None):
         index.max = len(data.items[cls.value]) - 1
         item = data.items[cls.value][index.value]
-        pixels = render(item["image"], item["maps"][level.value], item["mask"] if truth.value else None,
+        pixels = draw_view(item["image"], item["maps"][level.value], item["mask"] if truth.value else None,
                         threshold.value, opacity.value)
         view.value = png_bytes(pixels)
         caption.value = f"<b>{html.escape(item['caption'])}</b>; level: {html.escape(level.value)}"

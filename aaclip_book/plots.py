@@ -1,4 +1,4 @@
-"""The book's figures. Each function takes numbers the library computed and returns a Figure.
+"""The book's figures. Each function takes numbers the chapters computed and returns a Figure.
 
 Figures are built with `matplotlib.figure.Figure` (not pyplot), so a notebook shows one only where
 it asks to (`glue(...)` or `display(fig)`), never twice. One colour per method throughout:
@@ -12,14 +12,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from aaclip.viz import overlay
+from aaclip.metrics import METRIC_TITLES
+from aaclip.viz import mask_outline, overlay
 
 METHOD_COLOURS = {"CLIP": "#8c8c8c", "AA-CLIP": "#1f6fb4"}
 PIXEL_COLOURS = {"defect pixel": "#d62728", "normal pixel": "#2ca02c", "defect": "#d62728", "normal": "#2ca02c"}
-METRIC_LABELS = {
-    "image_auroc": "image AUROC", "image_ap": "image AP", "image_f1_max": "image F1-max",
-    "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "pixel F1-max", "pixel_aupro": "pixel AUPRO",
-}
+HISTORY_KEYS = ("stage", "epoch", "step", "lr", "stage_step")
 
 
 def figure(width: float, height: float, **subplots) -> tuple[Figure, np.ndarray]:
@@ -30,17 +28,6 @@ def figure(width: float, height: float, **subplots) -> tuple[Figure, np.ndarray]
     return fig, axes
 
 
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """Boolean edge pixels of a mask (the mask minus its 4-neighbour erosion)."""
-    m = np.asarray(mask, bool)
-    inner = m.copy()
-    inner[1:] &= m[:-1]
-    inner[:-1] &= m[1:]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    return m & ~inner
-
-
 def with_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
     out = np.array(image, copy=True)
     out[mask_outline(mask)] = colour
@@ -48,7 +35,7 @@ def with_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) ->
 
 
 # --------------------------------------------------------------------------- chapter 0
-def sample_grid(images, masks, titles, ncols: int = 6) -> Figure:
+def sample_grid_figure(images, masks, titles, ncols: int = 6) -> Figure:
     """Images with their ground-truth mask outlined in red (normal images have none; `masks=None`: no outlines)."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
@@ -62,10 +49,13 @@ def sample_grid(images, masks, titles, ncols: int = 6) -> Figure:
 
 
 # --------------------------------------------------------------------------- chapters 2 and 3
-def loss_curves(history: pd.DataFrame, stage: int, smooth: int = 10) -> Figure:
-    """Every logged loss of one stage against the step (running mean over `smooth` steps)."""
-    from aaclip.analysis import loss_columns
+def loss_columns(frame: pd.DataFrame) -> list[str]:
+    """The logged loss terms ("loss" = the total, then its parts) present in a history frame."""
+    return [c for c in frame.columns if c not in HISTORY_KEYS and frame[c].notna().any()]
 
+
+def loss_curve_figure(history: pd.DataFrame, stage: int, smooth: int = 10) -> Figure:
+    """Every logged loss of one stage against the step (running mean over `smooth` steps)."""
     frame = history[history["stage"] == stage]
     parts = loss_columns(frame)
     fig, axes = figure(7, 3.2)
@@ -82,7 +72,7 @@ def loss_curves(history: pd.DataFrame, stage: int, smooth: int = 10) -> Figure:
     return fig
 
 
-def anchor_cosines(frame: pd.DataFrame, hue: str = "method", palette=None) -> Figure:
+def anchor_cosine_figure(frame: pd.DataFrame, hue: str = "method", palette=None) -> Figure:
     """cos(t_normal, t_abnormal) per class, one panel per role (seen / unseen classes).
 
     Points, not bars, on a y-range fitted to the data: plain CLIP's cosines all sit just below 1,
@@ -103,7 +93,7 @@ def anchor_cosines(frame: pd.DataFrame, hue: str = "method", palette=None) -> Fi
 
 
 # --------------------------------------------------------------------------- chapter 1
-def level_separation(frame: pd.DataFrame) -> Figure:
+def level_separation_figure(frame: pd.DataFrame) -> Figure:
     """Pixel AUROC of each level's map and of the fused map, CLIP vs AA-CLIP; 0.5 is chance."""
     fig, axes = figure(6.5, 3.2)
     ax = axes[0, 0]
@@ -116,7 +106,7 @@ def level_separation(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def score_histograms(samples: dict[str, pd.DataFrame]) -> Figure:
+def score_histogram_figure(samples: dict[str, pd.DataFrame]) -> Figure:
     """Standardised anomaly-map values of defect vs normal pixels, one panel per method."""
     fig, axes = figure(4 * len(samples), 3, ncols=len(samples), sharey=True)
     for ax, (method, frame) in zip(axes[0], samples.items()):
@@ -127,7 +117,7 @@ def score_histograms(samples: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def tsne(frames: dict[str, pd.DataFrame]) -> Figure:
+def tsne_figure(frames: dict[str, pd.DataFrame]) -> Figure:
     """t-SNE of patch features: colour = defect or normal patch, marker = seen or unseen class."""
     fig, axes = figure(4.6 * len(frames), 4.2, ncols=len(frames))
     for ax, (method, frame) in zip(axes[0], frames.items()):
@@ -141,25 +131,28 @@ def tsne(frames: dict[str, pd.DataFrame]) -> Figure:
 
 
 # --------------------------------------------------------------------------- chapter 3
-def level_maps(maps, rows: int = 4, titles: list[str] | None = None) -> Figure:
-    """Per image: the image (mask outlined), the map of every level, and the fused map.
+def level_maps_figure(pictures, maps, level_names, rows: int = 4, titles: list[str] | None = None) -> Figure:
+    """Per image: the picture (uint8, mask outlined), the map of every level, and the fused map.
+
+    `maps`: a Batch with `gt_mask`, `level_maps` and `raw_map` (their sum) for those pictures.
 
     Each map is stretched over its own range (1st to 99.5th percentile): the levels differ in
     offset and scale, and what this figure shows is where within the image each level responds.
     """
-    n_levels = maps.levels.shape[1]
-    rows = min(rows, len(maps.images))
+    n_levels = maps.level_maps.shape[1]
+    rows = min(rows, len(maps))
     cols = n_levels + 2
     fig, axes = figure(1.55 * cols, 1.6 * rows, nrows=rows, ncols=cols)
-    columns = [maps.levels[:rows, l] for l in range(n_levels)] + [maps.fused[:rows]]
-    names = list(maps.level_names) + ["fused (sum)"]
+    columns = [maps.level_maps[:rows, l] for l in range(n_levels)] + [maps.raw_map[:rows]]
+    names = [*level_names, "fused (sum)"]
+    gt_mask = maps.masks()
     for r in range(rows):
-        axes[r, 0].imshow(with_outline(maps.images[r], maps.gt_mask[r], (255, 0, 0)))
+        axes[r, 0].imshow(with_outline(pictures[r], gt_mask[r], (255, 0, 0)))
         axes[r, 0].set_title(titles[r] if titles else maps.class_name[r], fontsize=8)
         for c, (values, name) in enumerate(zip(columns, names), start=1):
             lo, hi = np.percentile(values[r], [1, 99.5])
             axes[r, c].imshow(values[r], cmap="jet", vmin=lo, vmax=max(hi, lo + 1e-6))
-            axes[r, c].contour(maps.gt_mask[r], levels=[0.5], colors="white", linewidths=0.7)
+            axes[r, c].contour(gt_mask[r], levels=[0.5], colors="white", linewidths=0.7)
             if r == 0:
                 axes[r, c].set_title(name, fontsize=8)
     for ax in axes.flat:
@@ -167,7 +160,7 @@ def level_maps(maps, rows: int = 4, titles: list[str] | None = None) -> Figure:
     return fig
 
 
-def heatmaps(images, anomaly_maps, masks, titles, ncols: int = 6, alpha: float = 0.5) -> Figure:
+def heatmap_figure(images, anomaly_maps, masks, titles, ncols: int = 6, alpha: float = 0.5) -> Figure:
     """Overlays of normalised anomaly maps on a fixed [0, 1] scale, ground truth outlined in white."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
@@ -181,7 +174,7 @@ def heatmaps(images, anomaly_maps, masks, titles, ncols: int = 6, alpha: float =
 
 
 # --------------------------------------------------------------------------- chapter 4
-def class_metrics(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc"), normalize: str = "transductive") -> Figure:
+def class_metric_figure(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc"), normalize: str = "transductive") -> Figure:
     """Per-class bars, CLIP beside AA-CLIP, one row per metric and one column per dataset."""
     part = frame[frame["normalize"] == normalize]
     datasets = list(dict.fromkeys(part["dataset"]))
@@ -192,42 +185,47 @@ def class_metrics(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc"), n
         for c, dataset in enumerate(datasets):
             ax = axes[r, c]
             sns.barplot(part[part["dataset"] == dataset], x="class_name", y=metric, hue="method", ax=ax,
-                        palette=METHOD_COLOURS)
+                        palette=METHOD_COLOURS, errorbar=("pi", 100))  # whiskers: the seeds' range
             ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
             ax.set_ylim(0, 1)
             ax.set_title(dataset if r == 0 else "")
             ax.set_xlabel("")
-            ax.set_ylabel(METRIC_LABELS[metric] if c == 0 else "")
+            ax.set_ylabel(METRIC_TITLES[metric] if c == 0 else "")
             ax.tick_params(axis="x", rotation=45)
             if (r, c) != (0, 0) and ax.get_legend() is not None:
                 ax.get_legend().remove()
     return fig
 
 
-def normalisation_effect(means: pd.DataFrame, metric: str = "image_auroc") -> Figure:
+def normalisation_figure(means: pd.DataFrame, metric: str = "image_auroc") -> Figure:
     """A dataset-level metric under both normalisations, per method."""
     part = means.assign(label=means["dataset"] + " / " + means["method"])
     fig, axes = figure(6, 0.5 * part["label"].nunique() + 1.2)
     sns.barplot(part, y="label", x=metric, hue="normalize", ax=axes[0, 0],
                 palette={"transductive": "#1f6fb4", "inductive": "#ff7f0e"})
     axes[0, 0].set_xlim(0, 1)
-    axes[0, 0].set_xlabel(METRIC_LABELS[metric])
+    axes[0, 0].set_xlabel(METRIC_TITLES[metric])
     axes[0, 0].set_ylabel("")
     return fig
 
 
 # --------------------------------------------------------------------------- chapter 5
-def ablations(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc")) -> Figure:
-    """Each variant's metric as a bar, the reference run as a dashed line."""
-    labels = frame["group"] + ": " + frame["variant"]
-    fig, axes = figure(4.2 * len(metrics), 0.32 * len(frame) + 1.2, ncols=len(metrics), sharey=True)
+def ablation_figure(frame: pd.DataFrame, metrics=("pixel_auroc", "image_auroc")) -> Figure:
+    """Each variant's mean over seeds as a bar, every seed as a dot, the reference's mean as a dashed line."""
+    frame = frame.assign(label=frame["group"] + ": " + frame["variant"])
+    labels = list(dict.fromkeys(frame["label"]))
+    fig, axes = figure(4.2 * len(metrics), 0.32 * len(labels) + 1.2, ncols=len(metrics), sharey=True)
     reference = frame[frame["group"] == "reference"]
+    rows = [labels.index(label) for label in frame["label"]]
     for ax, metric in zip(axes[0], metrics):
-        colours = ["#1f6fb4" if g == "reference" else "#9ecae1" for g in frame["group"]]
-        ax.barh(labels, frame[metric], color=colours)
+        means = frame.groupby("label", sort=False)[metric].mean().reindex(labels)
+        groups = frame.drop_duplicates("label").set_index("label")["group"].reindex(labels)
+        ax.barh(range(len(labels)), means, color=["#1f6fb4" if g == "reference" else "#9ecae1" for g in groups])
+        ax.scatter(frame[metric], rows, s=9, color="#333333", zorder=3, linewidths=0)
         if len(reference):
-            ax.axvline(float(reference[metric].iloc[0]), color="black", linestyle="--", linewidth=0.9)
+            ax.axvline(float(reference[metric].mean()), color="black", linestyle="--", linewidth=0.9)
         ax.set_xlim(0, 1)
-        ax.set_xlabel(METRIC_LABELS[metric])
+        ax.set_xlabel(METRIC_TITLES[metric])
+    axes[0, 0].set_yticks(range(len(labels)), labels)
     axes[0, 0].invert_yaxis()  # the axes share y: inverting one puts the reference on top in all
     return fig

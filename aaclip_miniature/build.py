@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 TINY_CLIP_DIR = "tiny_clip"
 PROFILE_OF_SIZE = {"default": "miniature", "smoke": "smoke"}
+SIZE_OF_PROFILE = {profile: size for size, profile in PROFILE_OF_SIZE.items()}
 SETTINGS_OF_SIZE = {  # pretraining recipe per size: epochs over the drawn set, batch 64
     "default": {"epochs": 12},  # 744 steps
     "smoke": {"epochs": 3},  # 30 steps: enough to beat random initialisation, not to be good
@@ -45,7 +46,7 @@ SETTINGS_OF_SIZE = {  # pretraining recipe per size: epochs over the drawn set, 
 # The code each part depends on: changing it invalidates the part's cache.
 _WORLD = ("aaclip_miniature.catalog", "aaclip_miniature.render", "aaclip_miniature.generate")
 PART_SOURCES = {
-    "datasets": (*_WORLD, "aaclip_miniature.defects", "aaclip_miniature.build"),
+    "datasets": (*_WORLD, "aaclip_miniature.defects"),
     "tiny_clip": (*_WORLD, "aaclip_miniature.tiny_clip"),
     "evidence": (
         "aaclip_miniature.evidence", "aaclip.prompts", "aaclip.runs.inference", "aaclip.runs.evaluate",
@@ -64,6 +65,13 @@ def build_world(
     out = Path(out)
     with build_lock(out):
         return _build_world(out, size, seed, progress)
+
+
+def world_for(cfg, progress: bool = True) -> dict | None:
+    """The world (summary) a miniature profile's config reads, built in its data root if needed;
+    None for any other profile."""
+    size = SIZE_OF_PROFILE.get(cfg.runtime.profile)
+    return None if size is None else build_world(cfg.runtime.data_root, size=size, progress=progress)
 
 
 def _build_world(out: Path, size: str, seed: int, progress: bool) -> dict:
@@ -140,9 +148,9 @@ def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool)
     model, tokenizer = tiny_clip.load(out / TINY_CLIP_DIR)
     untrained, _ = tiny_clip.create_model(seed=seed)
     target = DATASETS["mini-target"]["classes"]
-    accuracy = evidence.class_accuracy(model, tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)
-    chance = evidence.class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)
-    aux_accuracy = evidence.class_accuracy(model, tokenizer, out, "mini-aux", tiny_clip.NATIVE_SIZE)
+    accuracy = evidence.native_class_accuracy(model, tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)
+    chance = evidence.native_class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)
+    aux_accuracy = evidence.native_class_accuracy(model, tokenizer, out, "mini-aux", tiny_clip.NATIVE_SIZE)
     cosine = evidence.anchor_cosine(model, tokenizer, target)
     cfg = Config.load(PROFILE_OF_SIZE[size], {"runtime.data_root": str(out)})
     baseline = evidence.baseline_aurocs(cfg, progress=progress)

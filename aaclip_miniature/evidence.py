@@ -1,6 +1,6 @@
 """What the miniature must show before anything is trained on it (the premise of the paper).
 
-- `class_accuracy`: the tiny CLIP recognises the target world's classes zero-shot, with the
+- `native_class_accuracy`: the tiny CLIP recognises the target world's classes zero-shot, with the
   prompt "a photo of a {name}." (it knows the classes);
 - `anchor_cosine`: its normal and abnormal text anchors (book:method-anchors) of the target classes
   are nearly the same direction (it cannot tell "a damaged nut" from "a nut");
@@ -12,46 +12,25 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-PROMPT = "a photo of a {}."
 
 
-def class_accuracy(
+def native_class_accuracy(
     model, tokenizer, data_root, dataset: str = "mini-target", image_size: int = 64, batch_size: int = 64
 ) -> dict:
     """Zero-shot class recognition on a dataset's images (read by the data layer, as any dataset)."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
     from aaclip.data.dataset import load_dataset
+    from aaclip.runs.evaluate import class_accuracy as zero_shot
+    from aaclip_miniature.tiny_clip import MEAN, STD
 
-    data = load_dataset(data_root, dataset, image_size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-    return zero_shot_accuracy(model, tokenizer, data, batch_size)
-
-
-@torch.no_grad()
-def zero_shot_accuracy(clip, tokenizer, data, batch_size: int = 64, device="cpu") -> dict:
-    """An open_clip model's zero-shot class accuracy on a loaded dataset, overall and per class."""
-    classes = data.class_names
-    prompts = [PROMPT.format(data.info.prompt_names[c]) for c in classes]
-    text = F.normalize(clip.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
-    predicted, truth = [], []
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(range(start, min(start + batch_size, len(data))))
-        predicted += (F.normalize(clip.encode_image(batch.image.to(device)).float(), dim=-1) @ text.T).argmax(1).tolist()
-        truth += [classes.index(c) for c in batch.class_name]
-    predicted, truth = torch.tensor(predicted), torch.tensor(truth)
-    per_class = {c: float((predicted[truth == i] == i).float().mean()) for i, c in enumerate(classes)}
-    return {"accuracy": float((predicted == truth).float().mean()), "per_class": per_class, "images": len(truth)}
+    return zero_shot(model, tokenizer, load_dataset(data_root, dataset, image_size, MEAN, STD), batch_size)
 
 
 @torch.no_grad()
 def anchor_cosine(model, tokenizer, prompt_names: dict[str, str]) -> dict:
     """Cosine between each class's normal and abnormal anchors (1.0 = the prompts are indistinguishable)."""
-    from aaclip.prompts import text_anchors
+    from aaclip.prompts import anchor_cosines, text_anchors
 
-    anchors = text_anchors(model.encode_text, tokenizer, list(prompt_names.values()))
-    cosines = (anchors[..., 0] * anchors[..., 1]).sum(-1)
+    cosines = anchor_cosines(text_anchors(model.encode_text, tokenizer, list(prompt_names.values())))
     per_class = {c: float(v) for c, v in zip(prompt_names, cosines)}
     return {"mean": float(cosines.mean()), "per_class": per_class}
 

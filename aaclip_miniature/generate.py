@@ -172,3 +172,18 @@ def pretrain_set(count: int, seed: int, size: int, native: int, progress: bool =
 def write_captions(path: str | Path, pictures: list[PretrainPicture]) -> Path:
     """The pretraining set's description, one JSON line per picture (re-draw one with `pretrain_picture`)."""
     return write_text(path, "".join(json.dumps(p.description()) + "\n" for p in pictures))
+
+
+def twin_pictures(world: dict, pairs: int = 6) -> tuple[np.ndarray, list[str]]:
+    """The world's first twin pairs as its tiny CLIP saw them: (uint8 images (2 * pairs, S, S, 3), titles),
+    the unmarked pictures first and their marked twins after, in the same order.
+
+    `world` is the world's summary (its seed and size say which pictures were drawn).
+    """
+    from aaclip_miniature.catalog import SIZES
+
+    size = SIZES[world["size"]]["image_px"]
+    order = [2 * pair for pair in range(pairs)] + [2 * pair + 1 for pair in range(pairs)]
+    drawn = [pretrain_picture(i, world["seed"], size) for i in order]
+    titles = [picture.scene.class_name + (f"\n+ {picture.mark}" if picture.mark else "") for picture, _ in drawn]
+    return np.stack([pixels for _, pixels in drawn]), titles

@@ -35,6 +35,7 @@ MODEL_CFG = {  # open_clip's CLIP(**model_cfg) arguments, as its JSON configs sp
     "vision_cfg": {"image_size": NATIVE_SIZE, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 4},
 }
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's own (OpenAI)
 CONFIG_FILE = "open_clip_config.json"  # what open_clip's local-dir: loader reads
 WEIGHTS_FILE = "open_clip_model.safetensors"
 RECIPE_FILE = "pretraining.json"  # how the weights were made (ours; open_clip ignores it)
@@ -158,15 +159,12 @@ def shift_batch(batch: torch.Tensor, shift: int, generator: torch.Generator) -> 
 
 
 def clip_mean_std() -> tuple[torch.Tensor, torch.Tensor]:
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    return torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
 
 
 # ---------------------------------------------------------------------------- files
 def save(model, directory: str | Path, settings: PretrainSettings, seed: int, extra: dict | None = None) -> dict:
     """An open_clip folder: the weights (open_clip's state-dict names), its config, and our recipe."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -177,7 +175,7 @@ def save(model, directory: str | Path, settings: PretrainSettings, seed: int, ex
     config = {
         "model_name": MODEL_NAME,
         "model_cfg": MODEL_CFG,
-        "preprocess_cfg": {"size": NATIVE_SIZE, "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
+        "preprocess_cfg": {"size": NATIVE_SIZE, "mean": list(MEAN), "std": list(STD)},
     }
     recipe = {
         "seed": seed,

@@ -1,8 +1,8 @@
 """The book's build time per notebook, as recorded by the last `aaclip book` (`make book`) run.
 
-    python benchmarks/book_build.py --json benchmarks/results/book_build.json
+    python -m benchmarks.book_build --json benchmarks/results/book_build.json
 
-`aaclip.book.build_book` writes `book/_build/timings.json` (profile, papermill parameters,
+`aaclip_book.build.build_book` writes `book/_build/timings.json` (profile, papermill parameters,
 seconds per executed notebook, total seconds including the HTML build) after a successful
 build. This script only reads it: building the book inside `make bench` would take longer
 than the whole benchmark budget. No file (or a build that rendered pre-executed notebooks,
@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-import harness
+from benchmarks import harness
 
 TIMINGS = harness.ROOT / "book" / "_build" / "timings.json"
 

@@ -1,7 +1,7 @@
 """Evaluation cost: the metrics of one class beside scikit-learn, and the whole test pipeline.
 
-    python benchmarks/evaluation.py --json benchmarks/results/evaluation.json   # 300 maps at 518
-    python benchmarks/evaluation.py --n-maps 20 --size 64 --pipeline skip --json out.json
+    python -m benchmarks.evaluation --json benchmarks/results/evaluation.json   # 300 maps at 518
+    python -m benchmarks.evaluation --n-maps 20 --size 64 --pipeline skip --json out.json
 
 1. Metrics of one class of `--n-maps` maps at `--size` (issue 6: 300 at 518, 80M pixels), the
    synthetic class of `benchmarks/metrics.py` (its functions are reused, not copied):
@@ -10,19 +10,19 @@
    exact AUPRO on its own = the difference of the two medians (it shares their sort).
    scikit-learn: `roc_auc_score`, `average_precision_score`, `precision_recall_curve` on the
    flattened arrays. Peak memory by tracemalloc above the inputs (numpy reports its buffers).
-2. The whole test pipeline, `aaclip.evaluate.test` (load the checkpoint, read and preprocess the
-   images, predict, normalise, all metrics with exact AUPRO, write the result files), timed per
-   test dataset at miniature scale. The run evaluated, in this order of preference: `--save-path`;
-   a finished run of the book under `runs/` (miniature profile first, then smoke; the main run
-   before ablations); with
+2. The whole test pipeline, `aaclip.runs.evaluate.evaluate` (read and preprocess the images,
+   predict, normalise, all metrics with exact AUPRO, write the result files) after
+   `aaclip.runs.checkpoint.load_run`, timed per test dataset at miniature scale. The run
+   evaluated, in this order of preference: `--save-path`; a finished run of the book under
+   `runs/` (miniature profile first, then smoke; the main run before ablations and seeds); with
    `--pipeline train`, the smoke profile trained into a temporary folder for this benchmark, on
-   the smoke world (`data/miniature-smoke`, built first if missing). The results say which run
-   was used, and how long building and training took (not counted in the pipeline's time).
+   the smoke world (`data/miniature-smoke`, made by `aaclip miniature --size smoke` first if
+   missing). The results say which run was used, and how long building and training took (not
+   counted in the pipeline's time).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import statistics
@@ -31,8 +31,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import harness
-import metrics as metrics_bench  # benchmarks/metrics.py (this folder is first on sys.path)
+from benchmarks import harness
+from benchmarks import metrics as metrics_bench
 from aaclip.errors import AAClipError
 
 
@@ -113,7 +113,7 @@ def metric_times(args) -> dict:
 
 # ---------------------------------------------------------------------------------- 2. pipeline
 def pipeline_times(args, device: str) -> dict:
-    """Seconds of `aaclip.evaluate.test` per test dataset of a trained miniature run."""
+    """Seconds of loading and evaluating a trained miniature run, per test dataset."""
     try:
         run = find_run(args, device)
     except AAClipError as err:
@@ -126,41 +126,47 @@ def pipeline_times(args, device: str) -> dict:
     try:
         datasets = time_datasets(cfg)
     except AAClipError as err:  # report it and keep the other figures
-        return {"measured": False, **run, "why": f"aaclip.evaluate.test failed: {err}"}
+        return {"measured": False, **run, "why": f"the evaluation failed: {err}"}
     finally:
         if run.get("temporary"):
             shutil.rmtree(run["save_path"], ignore_errors=True)
-    return {"measured": True, **run, "image_size": cfg.image_size, "aupro": cfg.aupro,
-            "normalize": cfg.normalize, "datasets": datasets}
+    return {"measured": True, **run, "image_size": cfg.model.image_size, "aupro": cfg.eval.aupro,
+            "normalize": cfg.eval.normalize, "datasets": datasets}
 
 
 def time_datasets(cfg) -> list[dict]:
-    """One timed `aaclip.evaluate.test` per test dataset of the run."""
-    from aaclip.evaluate import test
+    """One timed load-and-evaluate per test dataset of the run."""
+    from aaclip.data.dataset import load_dataset
+    from aaclip.runs.checkpoint import load_run
+    from aaclip.runs.evaluate import evaluate
+    from aaclip.runs.inference import Method
 
     datasets = []
     with tempfile.TemporaryDirectory(prefix="aaclip-bench-") as out:
-        for name in cfg.test_datasets:
+        for name in cfg.eval.datasets:
             start = time.perf_counter()
-            result = test(cfg, name, out_dir=Path(out) / name, progress=False)
+            model, run_cfg = load_run(cfg.runtime.save_path, root=cfg.runtime.data_root, device=cfg.resolve_device())
+            backbone = model.backbone
+            data = load_dataset(cfg.runtime.data_root, name, backbone.image_size, backbone.mean, backbone.std)
+            result = evaluate(model, data, Method.of_run(run_cfg), cfg.eval, out_dir=Path(out) / name, progress=False)
             seconds = time.perf_counter() - start
             datasets.append({
                 "dataset": name,
                 "seconds": seconds,
-                "n_images": result["n_images"],
-                "n_classes": result["n_classes"],
-                "inference_ms_per_image": result["ms_per_image"],
-                "ms_per_image": 1000.0 * seconds / max(result["n_images"], 1),
-                "pixel_auroc": result.get("pixel_auroc"),
-                "image_auroc": result.get("image_auroc"),
+                "n_images": result.n_images,
+                "n_classes": result.n_classes,
+                "inference_ms_per_image": 1000.0 * result.seconds / max(result.n_images, 1),
+                "ms_per_image": 1000.0 * seconds / max(result.n_images, 1),
+                "pixel_auroc": result.means.get("pixel_auroc"),
+                "image_auroc": result.means.get("image_auroc"),
             })
-            print(f"pipeline {name}: {seconds:.1f} s for {result['n_images']} images", flush=True)
+            print(f"pipeline {name}: {seconds:.1f} s for {result.n_images} images", flush=True)
     return datasets
 
 
 def find_run(args, device: str) -> dict | None:
     """{"source", "save_path", "data_root", "cfg"} of the run to evaluate, or None."""
-    from aaclip.checkpoint import checkpoint_file, read_meta
+    from aaclip.runs.checkpoint import checkpoint_file, read_meta
     from aaclip.config import Config
 
     if args.pipeline == "skip":
@@ -172,11 +178,12 @@ def find_run(args, device: str) -> dict | None:
             continue
         meta = read_meta(last)
         run_cfg = Config.from_dict(meta["config"])
-        data_root = args.data_root or _from_root(run_cfg.data_root)
+        data_root = args.data_root or _from_root(run_cfg.runtime.data_root)
         if not world_is_complete(run_cfg, data_root, meta):
             continue  # the run's world is gone, rebuilt since, or being rebuilt
-        cfg = run_cfg.replace(data_root=str(data_root), save_path=str(last.parent), device=device)
-        source = "given run" if args.save_path else f"the book's {run_cfg.profile} run"
+        cfg = run_cfg.replace({"runtime.data_root": str(data_root), "runtime.save_path": str(last.parent),
+                               "runtime.device": device})
+        source = "given run" if args.save_path else f"the book's {run_cfg.runtime.profile} run"
         return {"source": source, "save_path": str(last.parent), "data_root": str(data_root), "cfg": cfg}
     if args.save_path:
         raise AAClipError(f"--save-path {args.save_path}: no finished run with its test data there")
@@ -184,36 +191,29 @@ def find_run(args, device: str) -> dict | None:
 
 
 def world_is_complete(run_cfg, data_root: Path, meta: dict) -> bool:
-    """The run's test metadata and backbone weights are where its config says, and its training
-    metadata is the one it was trained on (the digest its checkpoint records)."""
-    from aaclip.backbone import resolve_pretrained
+    """The run's test metadata and backbone are where its config says, and its training data are the
+    ones it was trained on (the run identity its checkpoint records)."""
     from aaclip.data.registry import metadata_path
+    from aaclip.runs.identity import data_digest
 
-    if not all((Path(data_root) / name / "full-shot.jsonl").is_file() for name in run_cfg.test_datasets):
-        return False
-    trained_on = meta.get("identity", {}).get("train_data", {}).get("sha256")
-    train_meta = Path(metadata_path(data_root, run_cfg.train_dataset, run_cfg.shot))
-    if trained_on and (not train_meta.is_file() or hashlib.sha256(train_meta.read_bytes()).hexdigest() != trained_on):
+    if not all(Path(metadata_path(data_root, name)).is_file() for name in run_cfg.eval.datasets):
         return False
     try:
-        resolve_pretrained(run_cfg.backbone, run_cfg.pretrained, data_root)
+        current = data_digest(data_root, run_cfg.train.dataset, run_cfg.train.shot)
     except AAClipError:
         return False
-    return True
+    return meta.get("identity", {}).get("train_data") == current
 
 
 def book_runs() -> list[Path]:
     """Finished runs under runs/: the miniature profile's, then the smoke profile's.
 
-    Within a profile: the run the book trains with its default parameters
-    (`aaclip.book.notebook_config`) first, then other main runs (folders named by the digest
-    alone), then ablations (digest plus a suffix); newest first within each group.
+    Within a profile: the book's reference runs (folders named by the run identity's digest alone)
+    first, then seed runs, ablations and other variants (the digest plus a suffix); newest first
+    within each group.
     """
-    from aaclip.book import notebook_config
-
     found = []
     for rank, profile in enumerate(("miniature", "smoke")):
-        default = harness.ROOT / notebook_config(profile).save_path
         for meta_file in (harness.ROOT / "runs" / profile).glob("*/last.json"):
             try:
                 meta = json.loads(meta_file.read_text())
@@ -221,36 +221,40 @@ def book_runs() -> list[Path]:
                 continue
             if meta.get("finished"):
                 run = meta_file.parent
-                group = 0 if run == default else 1 if "-" not in run.name else 2
-                found.append((rank, group, -meta_file.stat().st_mtime, run))
+                found.append((rank, 0 if "-" not in run.name else 1, -meta_file.stat().st_mtime, run))
     return [path for *_, path in sorted(found)]
 
 
 def train_smoke_run(device: str) -> dict:
     """Train the smoke profile into a temporary folder, on the smoke world at the profile's own data root.
 
-    The world is `build_world`'s cache (`data/miniature-smoke`, as `aaclip miniature --size smoke`
-    writes it): instant when it is already there, minutes (it pretrains the tiny CLIP) when not.
+    The world is `aaclip miniature --size smoke`'s (`data/miniature-smoke`): instant when it is
+    already there, a minute (it pretrains the tiny CLIP) when not.
     """
-    from aaclip.config import Config
-    from aaclip.miniature import build_world
-    from aaclip.train import train
+    import subprocess
+    import sys
 
-    cfg = Config.load("smoke", device=device)
-    data_root = _from_root(cfg.data_root)
+    from aaclip.config import Config
+    from aaclip.runs.train import train
+
+    cfg = Config.load("smoke", {"runtime.device": device})
+    data_root = _from_root(cfg.runtime.data_root)
     run = Path(tempfile.mkdtemp(prefix="aaclip-bench-run-"))
     print(f"pipeline: no trained miniature run found; training the smoke profile into {run}", flush=True)
     start = time.perf_counter()
-    world = build_world(data_root, size="smoke", seed=0, progress=False)
+    made = subprocess.run([sys.executable, "-m", "aaclip", "miniature", "--size", "smoke", "--out", str(data_root), "--quiet"],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise AAClipError(f"aaclip miniature --size smoke failed: {made.stderr.strip()[-500:]}")
     built = time.perf_counter()
-    cfg = cfg.replace(data_root=str(data_root), save_path=str(run))
+    cfg = cfg.replace({"runtime.data_root": str(data_root), "runtime.save_path": str(run)})
     train(cfg, progress=False)
     return {
         "source": "a smoke-profile run trained for this benchmark (no trained miniature run was found)",
         "save_path": str(run),
         "temporary": True,  # deleted after the benchmark
         "data_root": str(data_root),
-        "world_was_cached": bool(world.get("cached")),
+        "world_was_cached": "reused" in made.stdout,
         "world_build_s": built - start,
         "training_s": time.perf_counter() - built,
         "cfg": cfg,

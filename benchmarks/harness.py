@@ -25,13 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere: the package comes from this checkout
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: nothing may download
+from aaclip.errors import AAClipError
+from aaclip.io import write_json
 
-from aaclip.errors import AAClipError  # noqa: E402
-from aaclip.io import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: nothing may download
 
 MIB = 2**20
 
@@ -225,16 +223,16 @@ def target(name: str, value: float, limit: float) -> dict:
 
 
 def write_results(path: Path, benchmark: str, machine_info: dict, started: float, argv, **sections) -> dict:
-    """One JSON per script (benchmarks/<benchmark>.py run with `argv`): name, machine (recorded at
-    the start), the script's own sections, wall time and the command."""
+    """One JSON per script (`python -m benchmarks.<benchmark>` run with `argv`): name, machine (recorded
+    at the start), the script's own sections, wall time and the command."""
     results = {"benchmark": benchmark, "machine": {**machine_info, "load_average_end": load_average()}, **sections}
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["command"] = command_line(f"benchmarks/{benchmark}.py", sys.argv[1:] if argv is None else argv)
+    results["command"] = command_line(f"benchmarks.{benchmark}", sys.argv[1:] if argv is None else argv)
     write_json(path, results)
     return results
 
 
-def command_line(script: str, argv: list[str]) -> str:
+def command_line(module: str, argv: list[str]) -> str:
     """The command that reproduces these figures (the output path left out)."""
     args, shown = list(argv), []
     while args:
@@ -243,7 +241,7 @@ def command_line(script: str, argv: list[str]) -> str:
             args = args[1:]
         elif not arg.startswith("--json="):
             shown.append(arg)
-    return " ".join(["python", script, *map(_quote, shown)])
+    return " ".join(["python", "-m", module, *map(_quote, shown)])
 
 
 def _quote(arg: str) -> str:

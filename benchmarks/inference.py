@@ -1,12 +1,12 @@
 """Inference: plain OpenCLIP `encode_image` beside AA-CLIP's full map and score, in one run.
 
-    python benchmarks/inference.py --json benchmarks/results/inference.json        # ViT-L-14-336 at 518
-    python benchmarks/inference.py --device cuda --batch-sizes 1 8 32 --repeats 10 --warmup 3 --json out.json
+    python -m benchmarks.inference --json benchmarks/results/inference.json        # ViT-L-14-336 at 518
+    python -m benchmarks.inference --device cuda --batch-sizes 1 8 32 --repeats 10 --warmup 3 --json out.json
 
 - plain: `clip.encode_image(images)`, open_clip's own forward (what a CLIP user already runs);
-- AA-CLIP: `aaclip.evaluate.score_batch`, the very call evaluation times per batch: adapted
-  features (SPEC 2), the level maps, blur, upsampling and sum (SPEC 6.1-6.3) and the raw image
-  score (SPEC 6.4) for an industrial class.
+- AA-CLIP: `aaclip.runs.inference.score_batch`, the very call evaluation times per batch: adapted
+  features (book:method-features), the level maps, blur, upsampling and sum and the raw image
+  score (book:method-scoring) for an industrial class.
 Both run under `torch.no_grad()` and the same autocast (`--precisions fp32 bf16`). Weights are
 random (`pretrained="none"`): time and memory do not depend on their values, and nothing is
 downloaded. For each (precision, batch size): `--warmup` untimed calls of each path, then
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-import harness
+from benchmarks import harness
 
 TARGET_RATIO = 1.15
 
@@ -27,6 +27,7 @@ TARGET_RATIO = 1.15
 def main(argv=None) -> dict:
     p = harness.parser(__doc__)
     p.add_argument("--backbone", default="ViT-L-14-336", help="open_clip model name (default ViT-L-14-336)")
+    p.add_argument("--pretrained", default="none", help="weights: none (random, the default: time does not depend on them), a tag, file or folder")
     p.add_argument("--image-size", type=int, default=518)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -40,17 +41,17 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from aaclip.config import Config
-    from aaclip.evaluate import anchors_for, score_batch
+    from aaclip.config import ModelConfig
     from aaclip.model import AAClip, autocast
+    from aaclip.runs.inference import Method, anchors_for, score_batch
 
-    cfg = Config.load(None, backbone=args.backbone, pretrained="none", image_size=args.image_size, device=device)
+    model_cfg = ModelConfig(backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size)
     torch.manual_seed(args.seed)
-    model = AAClip.from_config(cfg, device=device).eval()
+    model = AAClip.from_config(model_cfg, device=device).eval()
+    method = Method("AA-CLIP", adapted_text=True, image="adapted")
     rows = []
     for precision in args.precisions:
-        run_cfg = cfg.replace(precision=precision)
-        anchors = anchors_for(model, run_cfg, ["object"], baseline=False)  # once per class, as evaluation does
+        anchors = anchors_for(model, method, ["object"], precision)  # once per class, as evaluation does
         for batch_size in args.batch_sizes:
             gen = torch.Generator().manual_seed(args.seed)
             images = torch.randn(batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
                     model.clip.encode_image(images)
 
             def aaclip():
-                score_batch(model, run_cfg, images, batch_anchors, "industrial", baseline=False)
+                score_batch(model, method, images, batch_anchors, "industrial", precision)
 
             rows.append(compare(plain, aaclip, device, precision, batch_size, args))
     ratios = [row["ratio"] for row in rows]
@@ -73,14 +74,14 @@ def main(argv=None) -> dict:
         argv,
         settings={
             "backbone": args.backbone,
-            "pretrained": "none (random weights)",
+            "pretrained": "none (random weights)" if args.pretrained == "none" else args.pretrained,
             "image_size": args.image_size,
             "batch_sizes": args.batch_sizes,
             "precisions": args.precisions,
             "repeats": args.repeats,
             "warmup": args.warmup,
             "memory_method": harness.PeakMemory.method(device),
-            "aaclip_call": "aaclip.evaluate.score_batch (features + maps + score)",
+            "aaclip_call": "aaclip.runs.inference.score_batch (features + maps + score)",
             "plain_call": "open_clip CLIP.encode_image",
         },
         model=model.describe(),

@@ -1,7 +1,7 @@
 """Pixel metrics of one class: aaclip.metrics against scikit-learn on the flattened arrays.
 
-    python benchmarks/metrics.py                      # 300 maps of 518x518 (80M pixels), as the issue asks
-    python benchmarks/metrics.py --n-maps 20 --size 128 --repeats 5 --json /tmp/metrics.json
+    python -m benchmarks.metrics                      # 300 maps of 518x518 (80M pixels), as the issue asks
+    python -m benchmarks.metrics --n-maps 20 --size 128 --repeats 5 --json /tmp/metrics.json
 
 scikit-learn computes pixel AUROC (`roc_auc_score`), AP (`average_precision_score`) and
 F1-max (`precision_recall_curve`); aaclip computes the same three plus AUPRO (`--aupro`).
@@ -52,7 +52,7 @@ def synthetic_class(n_maps: int, size: int, seed: int = 0, levels: int = 0):
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear, align_corners=True (SPEC 6)."""
+    """Bilinear, align_corners=True (book:method-scoring)."""
     at = np.linspace(0, grid.shape[0] - 1, size)
     low = np.minimum(at.astype(int), grid.shape[0] - 2)
     frac = at - low

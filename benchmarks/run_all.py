@@ -1,9 +1,9 @@
 """Run every benchmark, write `benchmarks/results/*.json` and the book's table (`table.md`).
 
-    python benchmarks/run_all.py                  # what `make bench` runs: the plan for this device
-    python benchmarks/run_all.py --device cuda    # on a GPU: bf16 and larger batches too
-    python benchmarks/run_all.py --plan full      # the issue's full set on CPU (hours on 2 cores)
-    python benchmarks/run_all.py --quick --out /tmp/bench   # tiny sizes: checks that everything runs
+    python -m benchmarks.run_all                  # what `make bench` runs: the plan for this device
+    python -m benchmarks.run_all --device cuda    # on a GPU: bf16 and larger batches too
+    python -m benchmarks.run_all --plan full      # the issue's full set on CPU (hours on 2 cores)
+    python -m benchmarks.run_all --quick --out /tmp/bench   # tiny sizes: checks that everything runs
 
 Each benchmark runs as its own process (`inference.py`, `training.py`, `evaluation.py`,
 `book_build.py`), so one's memory never counts in another's peak. The results go to a staging
@@ -17,7 +17,7 @@ Plans (the issue's figures at ViT-L-14-336, 518 px, random weights):
 - `gpu` (default on CUDA): fp32 and bf16, inference batch 1, 8, 32, training batch 2 and 8,
   more repeats.
 - `full`: the `gpu` plan's settings on any device.
-- `quick`: the tiny miniature backbone at 64 px, one repeat: minutes become seconds.
+- `quick`: a small open_clip ViT (ViT-S-16, random weights) at 64 px, one repeat: minutes become seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
+from benchmarks import harness
 from aaclip.errors import AAClipError
 from aaclip.io import write_json, write_text
 
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHMARKS = ("inference", "training", "evaluation", "book_build")
 VIT_L = ["--backbone", "ViT-L-14-336", "--image-size", "518"]
-TINY = ["--backbone", "aaclip-tiny", "--image-size", "64"]
+TINY = ["--backbone", "ViT-S-16", "--image-size", "64"]  # a small open_clip ViT, random weights
 FULL_METRICS = ["--n-maps", "300", "--size", "518", "--repeats", "3", "--sklearn-repeats", "1"]
 PLANS = {
     "cpu": {
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         record = {
             "plan": plan,
             "device": device,
-            "command": "python " + " ".join([os.path.relpath(sys.argv[0], harness.ROOT), *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join(["python -m benchmarks.run_all", *(argv if argv is not None else sys.argv[1:])]),
             "load_average_before": load_before,
             "load_average_after": harness.load_average(),
             "scripts": runs,
@@ -114,18 +114,19 @@ def resolve_device(device: str) -> str:
 
 
 def run_script(name: str, plan_args: list[str], device: str, out: Path, threads: int | None) -> dict:
-    """Run benchmarks/<name>.py in its own process; raise naming the script if it fails."""
-    command = [sys.executable, str(HERE / f"{name}.py"), *plan_args, "--device", device, "--json", str(out / f"{name}.json")]
+    """Run `python -m benchmarks.<name>` in its own process; raise naming the script if it fails."""
+    module = f"benchmarks.{name}"
+    command = [sys.executable, "-m", module, *plan_args, "--device", device, "--json", str(out / f"{name}.json")]
     if threads:
         command += ["--threads", str(threads)]
-    shown = " ".join(["python", f"benchmarks/{name}.py", *plan_args, "--device", device])
+    shown = " ".join(["python", "-m", module, *plan_args, "--device", device])
     print(f"\n== {name}: {shown}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     finished = subprocess.run(command, cwd=harness.ROOT, env=env)
     seconds = round(time.perf_counter() - start, 1)
     if finished.returncode != 0:
-        raise AAClipError(f"benchmarks/{name}.py failed (exit {finished.returncode}) after {seconds} s; "
+        raise AAClipError(f"{module} failed (exit {finished.returncode}) after {seconds} s; "
                           f"the previous results are unchanged. Command: {shown}")
     return {"command": shown, "seconds": seconds}
 
@@ -151,7 +152,7 @@ def table(results: dict) -> str:
             f"Measured {m['date']} on {m['device_name']} ({m['cpu_count']} CPU cores), torch {m['torch']}"
             f"{_threads(results)}, "
             f"open_clip {m['open_clip']}. Last invocation: plan `{run.get('plan', '?')}` "
-            f"(`{run.get('command', 'python benchmarks/run_all.py')}`, running {', '.join(run.get('scripts', {})) or '?'}), "
+            f"(`{run.get('command', 'python -m benchmarks.run_all')}`, running {', '.join(run.get('scripts', {})) or '?'}), "
             f"{_minutes(run.get('total_s'))}; load average (1, 5, 15 min) before it "
             f"{_load(run.get('load_average_before'))}, after it {_load(run.get('load_average_after'))}. "
             "Random backbone weights (speed and memory do not depend on their values); medians over the "
@@ -191,7 +192,7 @@ def inference_section(r: dict) -> list[str]:
         "",
         measured(r),
         "",
-        f"Plain = open_clip `encode_image`; AA-CLIP = `aaclip.evaluate.score_batch` (adapted features, four "
+        f"Plain = open_clip `encode_image`; AA-CLIP = `aaclip.runs.inference.score_batch` (adapted features, four "
         f"level maps, blur, upsampling, image score). {s['warmup']} untimed warm-up call(s) per path and "
         f"setting; peak memory: {s['memory_method']}.",
         "",
@@ -214,7 +215,7 @@ def training_section(r: dict) -> list[str]:
         "",
         measured(r),
         "",
-        f"`aaclip.train.Trainer.run_epoch` (stage 2, {s['precision']} autocast, {s['optimizer']}): frozen backbone "
+        f"`aaclip.runs.train.Trainer.run_epoch` (stage 2, {s['precision']} autocast, {s['optimizer']}): frozen backbone "
         f"(ours) against the same step with `requires_grad=True` on the backbone, so that backward also computes "
         f"the gradients of its {r['vision_params']:,} vision weights (the released code). {s['warmup_epochs']} untimed warm-up epoch(s); {s['steps_per_epoch']} step(s) per "
         f"timed epoch; peak memory: {s['memory_method']}.",
@@ -256,7 +257,7 @@ def evaluation_section(r: dict) -> list[str]:
     if not pipe.get("measured"):
         return lines + [f"Whole test pipeline: not measured ({pipe['why']}).", ""]
     lines += [
-        f"### Evaluation: the whole test pipeline (`aaclip.evaluate.test`) at miniature scale",
+        f"### Evaluation: the whole test pipeline (`aaclip.runs.evaluate.evaluate`) at miniature scale",
         "",
         f"Run evaluated: {pipe['source']}; {pipe['image_size']} px, {pipe['normalize']} normalisation, "
         f"{pipe['aupro']} AUPRO; time from loading the checkpoint to writing the result files.",
@@ -297,13 +298,13 @@ def not_measured_section(results: dict) -> list[str]:
     lines = ["### Not measured in this run", ""]
     if not str(run.get("device", "cpu")).startswith("cuda"):
         lines.append("- **GPU** (images/s and peak memory on CUDA, bf16, larger batches): not measured: no GPU was "
-                     "available. On a CUDA machine: `python benchmarks/run_all.py --device cuda` (or `make bench`, "
+                     "available. On a CUDA machine: `python -m benchmarks.run_all --device cuda` (or `make bench`, "
                      "which picks the GPU plan by itself).")
     if run.get("plan") == "cpu":
         lines.append("- **Inference at batch 8 and under bf16 autocast, training at batch 8** on CPU: left out of the "
                      "15-minute CPU plan (a ViT-L-14-336 forward at 518 takes tens of seconds per image on 2 cores, and "
                      "bf16 autocast several times longer on a CPU without native bf16). "
-                     "`python benchmarks/run_all.py --plan full` measures them (hours on 2 cores).")
+                     "`python -m benchmarks.run_all --plan full` measures them (hours on 2 cores).")
     if run.get("plan") == "quick":
         lines.append("- Everything at the issue's sizes: this was a `--quick` run (tiny backbone at 64 px).")
     return lines + [""] if len(lines) > 2 else []

@@ -1,13 +1,13 @@
 """Training: one stage-2 step with the frozen backbone (ours) beside the same step with backbone
-gradients enabled (what the released code does: it forgets to freeze CLIP, SPEC 1).
+gradients enabled (what the released code does: it forgets to freeze CLIP, book:method-backbone).
 
-    python benchmarks/training.py --json benchmarks/results/training.json          # ViT-L-14-336, 518, batch 2
-    python benchmarks/training.py --device cuda --batch-sizes 2 8 --steps 10 --repeats 3 --json out.json
+    python -m benchmarks.training --json benchmarks/results/training.json          # ViT-L-14-336, 518, batch 2
+    python -m benchmarks.training --device cuda --batch-sizes 2 8 --steps 10 --repeats 3 --json out.json
 
-Both configurations run the library's own stage-2 loop, `aaclip.train.Trainer.run_epoch` with
-`Trainer.stage2_step` (adapted features, SPEC 5's loss on the frozen anchors, backward, Adam on
-the image adapters only, the MultiStepLR step), over an in-memory epoch of `--steps` batches of
-random images with half-anomalous masks. The only difference: for "backbone gradients" every
+Both configurations run the library's own stage-2 loop, `aaclip.runs.train.Trainer.run_epoch` on
+the state `Trainer.prepare_stage(2, dataset)` sets up (adapted features, book:method-stage2's loss
+on the frozen anchors, backward, Adam on the image adapters only, the MultiStepLR step), over an
+in-memory epoch of `--steps` batches of random images with half-anomalous masks. The only difference: for "backbone gradients" every
 CLIP parameter has `requires_grad=True`, so backward also computes (and accumulates) the
 gradients of the frozen vision tower (300M weights at ViT-L; the text tower is not in stage 2's
 graph, its anchors being fixed) that the optimiser never uses. Backbone gradients are
@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
+from aaclip.runs.train import Trainer
+
+from benchmarks import harness
 
 TARGET_RATIO = 0.6
 
@@ -34,8 +36,9 @@ TARGET_RATIO = 0.6
 def main(argv=None) -> dict:
     p = harness.parser(__doc__)
     p.add_argument("--backbone", default="ViT-L-14-336", help="open_clip model name (default ViT-L-14-336)")
+    p.add_argument("--pretrained", default="none", help="weights: none (random, the default: time does not depend on them), a tag, file or folder")
     p.add_argument("--image-size", type=int, default=518)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2], help="stage-2 batch sizes (SPEC 5: 2)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2], help="stage-2 batch sizes (the paper's: 2)")
     p.add_argument("--steps", type=int, default=1, help="optimisation steps per timed epoch")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per batch size before timing")
@@ -51,22 +54,15 @@ def main(argv=None) -> dict:
 
     from aaclip.config import Config
     from aaclip.data.registry import get_dataset
-    from aaclip.model import AAClip, autocast
-    from aaclip.train import Trainer
 
-    cfg = Config.load(
-        None, backbone=args.backbone, pretrained="none", image_size=args.image_size, device=device,
-        precision=args.precision, seed=args.seed,
-    )
-    dataset_info = get_dataset(cfg.train_dataset)
-    classes = list(dataset_info.classes[:2])
+    cfg = Config().replace({
+        "model.backbone": args.backbone, "model.pretrained": args.pretrained, "model.image_size": args.image_size,
+        "runtime.device": device, "train.precision": args.precision, "train.seed": args.seed,
+    })  # fmt: skip
+    classes = list(get_dataset(cfg.train.dataset).classes[:2])
     torch.manual_seed(args.seed)
-    trainer = Trainer(cfg, dataset_info, identity={}, save_path=Path(tempfile.gettempdir()), progress=False)
-    model = trainer.model = AAClip.from_config(cfg, device=device).eval()
-    # What Trainer.run_stage sets up for stage 2: the class index and the frozen anchors (SPEC 5).
-    trainer.class_index = {c: i for i, c in enumerate(classes)}
-    with torch.no_grad(), autocast(device, cfg.precision):
-        trainer.stage2_anchors = model.text_anchors([dataset_info.prompt_names[c] for c in classes]).float()
+    trainer = Trainer(cfg, Path(tempfile.gettempdir()), progress=False)
+    model = trainer.build_model()
     rows = [compare(trainer, batch_size, classes, device, args) for batch_size in args.batch_sizes]
     losses = [h["loss"] for h in trainer.history]
     return harness.write_results(
@@ -77,15 +73,15 @@ def main(argv=None) -> dict:
         argv,
         settings={
             "backbone": args.backbone,
-            "pretrained": "none (random weights)",
+            "pretrained": "none (random weights)" if args.pretrained == "none" else args.pretrained,
             "image_size": args.image_size,
             "batch_sizes": args.batch_sizes,
             "steps_per_epoch": args.steps,
             "repeats": args.repeats,
             "warmup_epochs": args.warmup,
-            "precision": effective_precision(device, cfg.precision),
-            "optimizer": f"Adam(lr={cfg.stage2_lr}, betas={tuple(cfg.betas)}) on the image adapters",
-            "step": "aaclip.train.Trainer.run_epoch (stage 2)",
+            "precision": effective_precision(device, cfg.train.precision),
+            "optimizer": f"Adam(lr={cfg.stage2.lr}, betas={tuple(cfg.train.betas)}) on the image adapters",
+            "step": "aaclip.runs.train.Trainer.run_epoch (stage 2)",
             "memory_method": harness.PeakMemory.method(device),
             "per_item": "median_s and items_per_s are per step; ms_per_item per image",
         },
@@ -103,16 +99,14 @@ def main(argv=None) -> dict:
 
 def compare(trainer, batch_size: int, classes: list[str], device: str, args) -> dict:
     """Warm up with backbone gradients, then time frozen and backbone-gradient epochs in alternation."""
-    import torch
+    from dataclasses import replace
 
     model = trainer.model
     adapter_ids = {id(p) for p in [*model.text_parameters(), *model.image_parameters()]}
     backbone = list(model.clip.parameters())
-    cfg = trainer.cfg
-    optimizer = torch.optim.Adam(model.image_parameters(), lr=cfg.stage2_lr, betas=tuple(cfg.betas))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.stage2_milestones, cfg.stage2_gamma)
-    epoch = synthetic_epoch(args.steps * batch_size, args.image_size, classes, args.seed)
-    trainer.cfg = cfg.replace(stage2_batch_size=batch_size)
+    trainer.cfg = trainer.cfg.replace({"stage2.batch_size": batch_size})
+    state = trainer.prepare_stage(2, dataset=synthetic_epoch(args.steps * batch_size, args.image_size, classes, args.seed))
+    state = replace(state, epochs=0)
     epochs_run = 0
 
     def configure(backbone_grads: bool) -> None:
@@ -125,7 +119,7 @@ def compare(trainer, batch_size: int, classes: list[str], device: str, args) -> 
     def run_epoch() -> None:
         nonlocal epochs_run
         epochs_run += 1
-        trainer.run_epoch(2, epochs_run, 0, epoch, optimizer, scheduler)
+        trainer.run_epoch(state, epochs_run)
 
     configure(backbone_grads=True)
     for _ in range(args.warmup):
@@ -148,23 +142,21 @@ def compare(trainer, batch_size: int, classes: list[str], device: str, args) -> 
             "target_met": ratio <= TARGET_RATIO}
 
 
-def synthetic_epoch(n: int, size: int, classes: list[str], seed: int) -> list[dict]:
-    """Items shaped like AnomalyDataset's: random images; every second one anomalous with a square defect."""
+def synthetic_epoch(n: int, size: int, classes: list[str], seed: int) -> list:
+    """Items shaped like AnomalyDataset's (each a Batch of one): random images; every second one
+    anomalous with a square defect."""
     import torch
+
+    from aaclip.batch import Batch
 
     gen = torch.Generator().manual_seed(seed)
     items = []
     for i in range(n):
-        mask = torch.zeros(1, size, size)
+        mask = torch.zeros(1, size, size, dtype=torch.bool)
         if i % 2:
-            mask[:, size // 4 : size // 2, size // 3 : 2 * size // 3] = 1.0
-        items.append({
-            "image": torch.randn(3, size, size, generator=gen),
-            "gt_mask": mask,
-            "gt_label": i % 2,
-            "class_name": classes[i % len(classes)],
-            "image_path": f"synthetic/{i}.png",
-        })
+            mask[:, size // 4 : size // 2, size // 3 : 2 * size // 3] = True
+        items.append(Batch(image_path=[f"synthetic/{i}.png"], class_name=[classes[i % len(classes)]],
+                           gt_label=torch.tensor([i % 2]), image=torch.randn(1, 3, size, size, generator=gen), gt_mask=mask))
     return items
 
 

@@ -3,12 +3,13 @@
 Building the world (it pretrains the tiny CLIP) and training are the expensive parts of the
 suite, so every test that needs them shares these.
 
+Every test runs torch on one thread: the models here are tiny, and the suite shares two cores
+with the background build below (two threads each on two cores made both wait on each other).
+
 Tests marked `default_world` need the default-size world, whose tiny CLIP takes about six
 minutes to pretrain. When such a test is selected, its build starts at collection in a
 background process on one thread, and the tests move to the end of the run, so the wait
-overlaps the rest of the suite instead of adding to it. While the build runs, the other tests
-also get one thread (torch in this process, OMP_NUM_THREADS for the processes they start): two
-threads each on two cores would make both wait on each other.
+overlaps the rest of the suite instead of adding to it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the processes the tests start, too
 _default_world: dict = {}
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: a deselected test must not start the build
@@ -37,24 +45,7 @@ def pytest_collection_modifyitems(config, items):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "aaclip", "miniature", "--size", "default", "--seed", "0", "--out", str(root / "world")]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    _default_world.update(root=root, log=log, process=process, environ=os.environ.get("OMP_NUM_THREADS"))
-
-
-def pytest_runtest_setup(item):
-    """One thread per test while the background build runs, the usual count once it is done."""
-    if not _default_world:
-        return
-    import torch
-
-    building = _default_world["process"].poll() is None
-    _default_world.setdefault("threads", torch.get_num_threads())
-    torch.set_num_threads(1 if building else _default_world["threads"])
-    if building:
-        os.environ["OMP_NUM_THREADS"] = "1"
-    elif _default_world["environ"] is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = _default_world["environ"]
+    _default_world.update(root=root, log=log, process=process)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -79,7 +70,7 @@ def default_world():
 @pytest.fixture(scope="session")
 def smoke_world(tmp_path_factory):
     """The smoke-size miniature world (seed 0): mini-aux, mini-target, mini-scan and the tiny CLIP."""
-    from aaclip.miniature import build_world
+    from aaclip_miniature import build_world
 
     root = tmp_path_factory.mktemp("smoke-world")
     build_world(root, size="smoke", seed=0, progress=False)
@@ -92,12 +83,32 @@ def smoke_cfg(smoke_world, tmp_path_factory):
     from aaclip.config import Config
 
     run = tmp_path_factory.mktemp("smoke-run")
-    return Config.load("smoke", data_root=str(smoke_world), save_path=str(run), out_dir=str(run / "results"), device="cpu")
+    return Config.load("smoke", {"runtime.data_root": str(smoke_world), "runtime.save_path": str(run), "runtime.device": "cpu"})
 
 
 @pytest.fixture(scope="session")
 def smoke_run(smoke_cfg):
     """AA-CLIP trained on mini-aux with the smoke schedule (both stages), once per session."""
-    from aaclip.train import train
+    from aaclip.runs.train import train
 
     return train(smoke_cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """A randomly initialised tiny CLIP as an open_clip folder (no pretraining): for shape and flow tests."""
+    from aaclip_miniature import tiny_clip
+
+    folder = tmp_path_factory.mktemp("tiny-clip-random")
+    model, _ = tiny_clip.create_model(seed=0)
+    tiny_clip.save(model, folder, tiny_clip.PretrainSettings(epochs=0), seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_backbone):
+    """The paper's setting on that random tiny CLIP at 64 px, on CPU."""
+    from aaclip.config import Config
+
+    return Config().replace({"model.backbone": "aaclip-tiny", "model.pretrained": str(tiny_backbone),
+                             "model.image_size": 64, "runtime.device": "cpu"})

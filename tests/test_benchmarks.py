@@ -23,16 +23,22 @@ from aaclip.errors import AAClipError
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-TINY = ["--backbone", "aaclip-tiny", "--image-size", "64", "--repeats", "1", "--warmup", "1", "--device", "cpu"]
+TINY_FLAGS = ["--backbone", "aaclip-tiny", "--image-size", "64", "--repeats", "1", "--warmup", "1", "--device", "cpu"]
 MACHINE_KEYS = {"date", "cpu_count", "cpu_model", "torch", "open_clip", "device", "device_name",
                 "load_average_start", "load_average_end"}
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    """Import a benchmark script as a module (its folder first on sys.path, as when it runs)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module
+    """Import a benchmark module of the `benchmarks` package (from the checkout, as `python -m` runs it)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return lambda name: importlib.import_module(f"benchmarks.{name}")
+
+
+@pytest.fixture
+def TINY(tiny_backbone):
+    """The tiny CLIP with random weights at 64 px, one repeat: seconds, not minutes."""
+    return [*TINY_FLAGS, "--pretrained", str(tiny_backbone)]
 
 
 def check_summary(entry: dict, repeats: int) -> None:
@@ -41,12 +47,12 @@ def check_summary(entry: dict, repeats: int) -> None:
     assert entry["median_s"] > 0 and entry["items_per_s"] > 0 and entry["peak_mib"] >= 0
 
 
-def test_inference_compares_plain_clip_with_the_full_aaclip_scoring(bench, tmp_path):
+def test_inference_compares_plain_clip_with_the_full_aaclip_scoring(bench, tmp_path, TINY):
     out = tmp_path / "inference.json"
     returned = bench("inference").main([*TINY, "--batch-sizes", "1", "2", "--precisions", "fp32", "bf16", "--json", str(out)])
     written = json.loads(out.read_text())
     assert written["benchmark"] == "inference" and MACHINE_KEYS <= set(written["machine"])
-    assert written["settings"]["aaclip_call"].startswith("aaclip.evaluate.score_batch")
+    assert written["settings"]["aaclip_call"].startswith("aaclip.runs.inference.score_batch")
     rows = written["results"]
     assert [(r["precision"], r["batch_size"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
     for row in rows:
@@ -62,7 +68,7 @@ def test_inference_compares_plain_clip_with_the_full_aaclip_scoring(bench, tmp_p
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
 
 
-def test_training_times_the_library_step_frozen_and_with_backbone_gradients(bench, tmp_path):
+def test_training_times_the_library_step_frozen_and_with_backbone_gradients(bench, tmp_path, TINY):
     out = tmp_path / "training.json"
     bench("training").main([*TINY, "--batch-sizes", "2", "--steps", "2", "--json", str(out)])
     written = json.loads(out.read_text())
@@ -75,10 +81,10 @@ def test_training_times_the_library_step_frozen_and_with_backbone_gradients(benc
     assert written["steps_run"] == 3 * 2 and written["losses_finite"]
     assert written["trainable_image_params"] == written["model"]["trainable_image"]
     assert written["backbone_params"] == written["model"]["frozen"] > written["vision_params"] > 0
-    assert written["command"].startswith("python benchmarks/training.py") and "--json" not in written["command"]
+    assert written["command"].startswith("python -m benchmarks.training") and "--json" not in written["command"]
 
 
-def test_evaluation_times_the_metrics_against_scikit_learn(bench, tmp_path):
+def test_evaluation_times_the_metrics_against_scikit_learn(bench, tmp_path, TINY):
     out = tmp_path / "evaluation.json"
     bench("evaluation").main(["--n-maps", "4", "--size", "32", "--repeats", "2", "--pipeline", "skip", "--json", str(out)])
     written = json.loads(out.read_text())
@@ -95,28 +101,28 @@ def test_evaluation_times_the_metrics_against_scikit_learn(bench, tmp_path):
 def test_evaluation_times_the_test_pipeline_of_a_trained_run(bench, tmp_path, smoke_run, smoke_cfg):
     out = tmp_path / "evaluation.json"
     bench("evaluation").main(["--n-maps", "2", "--size", "16", "--repeats", "1", "--save-path", str(smoke_run.save_path),
-                              "--data-root", smoke_cfg.data_root, "--json", str(out)])
+                              "--data-root", smoke_cfg.runtime.data_root, "--json", str(out)])
     pipe = json.loads(out.read_text())["pipeline"]
     assert pipe["measured"] and pipe["source"] == "given run"
-    assert [d["dataset"] for d in pipe["datasets"]] == list(smoke_cfg.test_datasets)
+    assert [d["dataset"] for d in pipe["datasets"]] == list(smoke_cfg.eval.datasets)
     for d in pipe["datasets"]:
         assert d["n_images"] > 0 and d["seconds"] > 0
         assert d["ms_per_image"] == pytest.approx(1000 * d["seconds"] / d["n_images"])
         assert 0 <= d["pixel_auroc"] <= 1
 
 
-def test_evaluation_names_a_save_path_without_a_run(bench, tmp_path):
+def test_evaluation_names_a_save_path_without_a_run(bench, tmp_path, TINY):
     with pytest.raises(AAClipError, match=re.escape(str(tmp_path / "nothing"))):
         bench("evaluation").main(["--n-maps", "2", "--size", "16", "--save-path", str(tmp_path / "nothing"),
                                   "--json", str(tmp_path / "e.json")])
     assert not (tmp_path / "e.json").exists()
 
 
-def test_book_build_reads_the_timings_of_aaclip_book(bench, tmp_path):
+def test_book_build_reads_the_timings_of_aaclip_book(bench, tmp_path, TINY):
     book_build = bench("book_build")
     missing = book_build.read_timings(tmp_path / "timings.json")
     assert missing["built"] is False and "make book" in missing["why"]
-    timings = tmp_path / "timings.json"  # the shape aaclip.book.build_book writes
+    timings = tmp_path / "timings.json"  # the shape aaclip_book.build.build_book writes
     timings.write_text(json.dumps({"profile": "miniature", "parameters": {"profile": "miniature"},
                                    "notebooks": {"00_miniature": 12.5, "01_anomaly_unawareness": 30.0}, "total_seconds": 60.2}))
     read = book_build.read_timings(timings)
@@ -127,9 +133,9 @@ def test_book_build_reads_the_timings_of_aaclip_book(bench, tmp_path):
         book_build.read_timings(timings)
 
 
-def test_run_all_stages_results_and_writes_the_table(bench, tmp_path):
+def test_run_all_stages_results_and_writes_the_table(bench, tmp_path, TINY):
     timings = REPO / "book" / "_build" / "timings.json"
-    run = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "book_build", "--out", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--only", "book_build", "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["book_build.json", "run.json", "table.md"]  # no staging left
@@ -144,13 +150,13 @@ def test_run_all_stages_results_and_writes_the_table(bench, tmp_path):
 
     if not torch.cuda.is_available():  # a failing script: exit 2, message names it, previous results kept
         before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-        failed = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--only", "training", "--device", "cuda",
+        failed = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--only", "training", "--device", "cuda",
                                  "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
-        assert failed.returncode == 2 and "benchmarks/training.py failed" in failed.stderr
+        assert failed.returncode == 2 and "benchmarks.training failed" in failed.stderr
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_table_shows_every_figure_and_target(bench, tmp_path):
+def test_table_shows_every_figure_and_target(bench, tmp_path, TINY):
     run_all = bench("run_all")
     bench("inference").main([*TINY, "--batch-sizes", "1", "--precisions", "fp32", "--json", str(tmp_path / "inference.json")])
     bench("evaluation").main(["--n-maps", "2", "--size", "16", "--repeats", "1", "--pipeline", "skip",

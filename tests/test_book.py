@@ -1,18 +1,20 @@
-"""The book runner (aaclip.book): parameters reach the notebooks, bad ones fail early, failures keep the old book."""
+"""The book (aaclip_book): parameters reach the notebooks, bad ones fail early, failures keep the old book."""
 
 import ast
 import json
+import re
 import shutil
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from aaclip import book
 from aaclip.cli import main
-from aaclip.config import Config
+from aaclip_book import build as book
+from aaclip_book.runtime import DEFAULT_SEEDS
 
 NOTEBOOK_DIR = book.ROOT / "notebooks"
+LOGIC = re.compile(r"^\s*(for|while|if)\b", re.M)
 
 
 def read(name):
@@ -23,12 +25,12 @@ def parameters_cell(nb):
     return next(cell for cell in nb.cells if cell.cell_type == "code")
 
 
-def config_cell(nb):
-    return next(cell for cell in nb.cells if cell.cell_type == "code" and "notebook_config(" in cell.source)
+def setup_cell(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"][1]
 
 
 @pytest.mark.parametrize("name", book.NOTEBOOKS)
-def test_every_notebook_is_committed_clean_with_the_shared_parameters_cell(name):
+def test_every_notebook_is_committed_clean_with_the_shared_parameters_and_one_setup_call(name):
     raw = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
     ids = [cell.get("id") for cell in raw]
     assert None not in ids and len(set(ids)) == len(ids), f"{name}: every cell needs its own id (nbformat 4.5)"
@@ -42,19 +44,56 @@ def test_every_notebook_is_committed_clean_with_the_shared_parameters_cell(name)
         for node in ast.parse(first.source).body
         if isinstance(node, ast.Assign)
     }
-    assert assigned == {"profile": "miniature", **{p: None for p in book.NOTEBOOK_PARAMETERS}, "overrides": {}}
-    # the config comes from the library, from exactly these names
-    assert all(f"{p}={p}" in config_cell(nb).source for p in [*book.NOTEBOOK_PARAMETERS, "overrides"])
+    assert assigned == book.NOTEBOOK_PARAMETERS
+    assert setup_cell(nb).source.strip().endswith("book = setup(profile, parameters, seeds)")
 
 
-def test_notebook_config_reads_none_as_the_profile_value_and_separates_runs():
-    smoke = Config.load("smoke")
-    cfg = book.notebook_config("smoke", seed=None, shot=None, overrides={})
-    assert (cfg.seed, cfg.image_size, cfg.data_root) == (smoke.seed, smoke.image_size, smoke.data_root)
-    other = book.notebook_config("smoke", seed=3)
-    assert other.seed == 3 and other.save_path != cfg.save_path  # a changed setting never reuses a run
-    assert book.notebook_config("smoke", overrides={"normalize": "inductive"}).save_path == cfg.save_path
-    assert book.notebook_config("smoke", save_path="mine").save_path == "mine"
+@pytest.mark.parametrize("name", book.NOTEBOOKS)
+def test_no_notebook_cell_holds_logic(name):
+    """Notebooks hold prose and calls: a loop or a branch belongs in aaclip_book."""
+    for cell in read(name).cells:
+        if cell.cell_type == "code":
+            assert not LOGIC.search(cell.source), f"{name}: a cell holds a loop or branch:\n{cell.source}"
+
+
+def test_parameters_are_checked_and_put_as_the_notebooks_take_them():
+    cfg, injected = book.resolve_parameters("smoke", {"train.seed": "3", "seeds": "4,5"})
+    assert cfg.train.seed == 3 and injected == {"profile": "smoke", "parameters": {"train.seed": 3}, "seeds": [4, 5]}
+    _, default = book.resolve_parameters("smoke", {})
+    assert default == {"profile": "smoke", "parameters": {}, "seeds": list(DEFAULT_SEEDS)}
+
+
+def test_the_run_folder_follows_the_training_settings_only(smoke_world):
+    from aaclip_book import setup
+
+    base = {"runtime.data_root": str(smoke_world)}
+    first = setup("smoke", base).cfg.runtime.save_path
+    assert setup("smoke", {**base, "eval.normalize": "inductive"}).cfg.runtime.save_path == first
+    assert setup("smoke", {**base, "train.seed": 3}).cfg.runtime.save_path != first  # a changed setting: another run
+    assert setup("smoke", {**base, "runtime.save_path": "mine"}).cfg.runtime.save_path == "mine"
+
+
+def test_setup_sets_the_profiles_threads_before_the_world_is_built(smoke_world, monkeypatch):
+    """The thread choice holds for every step: the world's pretraining included."""
+    import torch
+
+    import aaclip_miniature
+
+    seen = {}
+
+    def world_for(cfg, progress=True):
+        seen["threads"] = torch.get_num_threads()
+        return None
+
+    monkeypatch.setattr(aaclip_miniature, "world_for", world_for)
+    torch.set_num_threads(2)
+    try:
+        from aaclip_book import setup
+
+        setup("smoke", {"runtime.data_root": str(smoke_world)})
+    finally:
+        torch.set_num_threads(1)
+    assert seen["threads"] == 1
 
 
 def tiny_book(root, cells):
@@ -70,36 +109,34 @@ def tiny_book(root, cells):
     return root
 
 
-def real_head():
-    """The first cells every chapter starts with: the parameters cell and the config line (not ensure_data)."""
-    nb = read("00_miniature")
-    setup = config_cell(nb).source
-    config_only = setup[: setup.index(")", setup.index("notebook_config(")) + 1]
-    return [new_markdown_cell("# A chapter"), new_code_cell(parameters_cell(nb).source, metadata={"tags": ["parameters"]}),
-            new_code_cell(config_only)]
-
-
-def test_papermill_parameters_reach_the_notebook_config(tmp_path):
+def test_papermill_parameters_reach_the_notebook(tmp_path):
     (tmp_path / "nb").mkdir()
-    nb = new_notebook(cells=[*real_head(), new_code_cell("print('seen', cfg.profile, cfg.seed, cfg.stage2_epochs, cfg.test_datasets)")])
+    head = [new_markdown_cell("# A chapter"), new_code_cell(parameters_cell(read("00_miniature")).source, metadata={"tags": ["parameters"]})]
+    nb = new_notebook(cells=[*head, new_code_cell("print('seen', profile, parameters, seeds)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(tmp_path / "nb" / "00_miniature.ipynb"))
-    _, injected = book.resolve_parameters("smoke", {"seed": "3", "stage2_epochs": "2", "test_datasets": "mini-scan"})
+    _, injected = book.resolve_parameters("smoke", {"train.seed": "3", "stage2.epochs": "2", "eval.datasets": "mini-scan"})
     book.execute_notebooks(["00_miniature"], tmp_path / "nb", tmp_path / "out", injected, cwd=book.ROOT, progress=False)
     executed = nbformat.read(str(tmp_path / "out" / "00_miniature.ipynb"), as_version=4)
     printed = "".join(o.get("text", "") for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "seen smoke 3 2 ['mini-scan']" in printed
+    assert "seen smoke {'train.seed': 3, 'stage2.epochs': 2, 'eval.datasets': ['mini-scan']} [111, 0, 1]" in printed
     source = nbformat.read(str(tmp_path / "nb" / "00_miniature.ipynb"), as_version=4)
     assert all(not c.get("outputs") for c in source.cells), "the source notebook must stay clean"
+    book.hide_parameter_cells(tmp_path / "out" / "00_miniature.ipynb")
+    hidden = nbformat.read(str(tmp_path / "out" / "00_miniature.ipynb"), as_version=4)
+    tagged = [c for c in hidden.cells if "remove-cell" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 2  # ours and papermill's injected parameters: the page shows neither
 
 
 @pytest.mark.parametrize(
     "flags, named",
     [
-        (["-p", "sed", "3"], "'sed'"),  # unknown name: named, with the valid names listed
-        (["-p", "seed", "three"], "'seed' expects an integer"),
-        (["-p", "adapter_weight", "heavy"], "'adapter_weight' expects a number"),
-        (["-p", "seed", "1", "-p", "seed", "2"], "'seed' given twice"),
+        (["-p", "train.sed", "3"], "'train.sed'"),  # unknown name: named, with the valid names listed
+        (["-p", "train.seed", "three"], "'train.seed' expects an integer"),
+        (["-p", "model.adapter_weight", "heavy"], "'model.adapter_weight' expects a number"),
+        (["-p", "stage2.epochs", "-1"], "stage2.epochs=-1: must be >= 0"),
+        (["-p", "train.seed", "1", "-p", "train.seed", "2"], "'train.seed' given twice"),
+        (["-p", "seeds", "x"], "'seeds' expects an integer"),
         (["--profile", "nonexistent"], "unknown profile 'nonexistent'"),
         (["--notebooks", "09"], "unknown notebook '09'"),
     ],

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from aaclip import book
+from aaclip_book import build as book
 from test_notebooks import execute_smoke_notebooks
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -1,34 +1,27 @@
 """Checkpoints: adapters only, safetensors + JSON, no pickles; a mismatched model fails naming the key."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from aaclip.checkpoint import (
+from aaclip.errors import AAClipError
+from aaclip.model import AAClip
+from aaclip.runs.checkpoint import (
     CheckpointError,
-    load_model,
+    load_run,
     optimizer_state,
     read_checkpoint,
     save_checkpoint,
     scheduler_state,
 )
-from aaclip.config import Config
-from aaclip.errors import AAClipError
-from aaclip.model import AAClip
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory):
-    # the smoke profile's tiny CLIP with random weights: no world needed for these tests
-    root = tmp_path_factory.mktemp("ckpt")
-    return Config.load("smoke", pretrained="none", data_root=str(root), save_path=str(root / "run"), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_cfg):
-    model = AAClip.from_config(tiny_cfg, device="cpu")
+    model = AAClip.from_config(tiny_cfg.model, device="cpu")
     with torch.no_grad():  # move the adapters away from their seeded init, so loading is visible
         for p in model.adapter_parameters():
             p.add_(torch.randn_like(p))
@@ -45,26 +38,33 @@ def test_roundtrip_stores_adapters_only_and_a_readable_config(tiny_cfg, tiny_mod
     assert keys == {f"adapters.{k}" for k in tiny_model.adapter_state_dict()}
     sidecar = json.loads((tmp_path / "last.json").read_text())
     assert sidecar == header
-    assert sidecar["config"]["backbone"] == "aaclip-tiny" and sidecar["config"]["seed"] == tiny_cfg.seed
+    assert sidecar["config"]["model"]["backbone"] == "aaclip-tiny" and sidecar["config"]["train"]["seed"] == tiny_cfg.train.seed
     assert sidecar["model"]["levels"] == [2, 4, 6, 8] and sidecar["aaclip_version"]
+    assert sidecar["model"]["weights_sha256"] == tiny_model.backbone.weights.sha256 is not None
     assert (sidecar["stage"], sidecar["epoch"]) == (2, 3)
 
-    model, run_cfg = load_model(tmp_path, tiny_cfg, device="cpu")  # a run directory means its `last`
+    model, run_cfg = load_run(tmp_path, device="cpu")  # a run directory means its `last`
     for key, value in tiny_model.adapter_state_dict().items():
         assert torch.equal(model.adapter_state_dict()[key], value), key
-    assert run_cfg.to_dict() == tiny_cfg.to_dict()
+    assert run_cfg == tiny_cfg
 
 
-def test_checkpoint_for_another_configuration_fails_naming_the_key(tiny_cfg, tiny_model, tmp_path):
-    save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg)
-    with pytest.raises(CheckpointError, match="backbone='aaclip-tiny'.*'ViT-B-16'"):
-        load_model(tmp_path, tiny_cfg.replace(backbone="ViT-B-16"))
-    with pytest.raises(AAClipError, match="image_size"):
-        load_model(tmp_path, tiny_cfg.replace(image_size=128))
-    with pytest.raises(AAClipError, match="levels"):
-        load_model(tmp_path, tiny_cfg.replace(levels=[1, 2, 3, 8]))
-    # the explicit default is the same model as the derived one
-    load_model(tmp_path, tiny_cfg.replace(levels=[2, 4, 6, 8], text_adapt_until=1))
+def test_backbone_weights_that_changed_since_training_are_refused(tiny_cfg, tiny_model, tmp_path):
+    """A checkpoint scored with another backbone would be a wrong result: the weights are checked by content."""
+    import shutil
+
+    folder = Path(shutil.copytree(Path(tiny_cfg.model.pretrained), tmp_path / "backbone"))
+    cfg = tiny_cfg.replace({"model.pretrained": str(folder)})
+    save_checkpoint(tmp_path / "run" / "last", AAClip.from_config(cfg.model), cfg)
+    weights = folder / "open_clip_model.safetensors"
+    expected = tiny_model.backbone.weights.sha256
+    from aaclip_miniature import tiny_clip
+
+    other, _ = tiny_clip.create_model(seed=1)  # another tiny CLIP under the same file name
+    tiny_clip.save(other, folder, tiny_clip.PretrainSettings(epochs=0), seed=1)
+    with pytest.raises(CheckpointError, match=f"trained with backbone weights sha256 {expected}"):
+        load_run(tmp_path / "run")
+    assert weights.is_file()
 
 
 def test_tensor_of_another_shape_fails_naming_the_tensor(tiny_cfg, tiny_model, tmp_path):
@@ -78,16 +78,16 @@ def test_tensor_of_another_shape_fails_naming_the_tensor(tiny_cfg, tiny_model, t
     tensors[key] = torch.zeros(3, 3)
     save_file(tensors, str(file), metadata=metadata)
     with pytest.raises(AAClipError, match=key.removeprefix("adapters.")):
-        load_model(file, tiny_cfg)
+        load_run(file)
 
 
-def test_unreadable_or_missing_checkpoint_is_named(tmp_path, tiny_cfg):
+def test_unreadable_or_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint at"):
-        load_model(tmp_path / "nothing-here", tiny_cfg)
+        load_run(tmp_path / "nothing-here")
     bad = tmp_path / "last.safetensors"
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="last.safetensors"):
-        load_model(tmp_path, tiny_cfg)
+        load_run(tmp_path)
 
 
 def test_optimiser_and_scheduler_state_roundtrip_exactly(tiny_cfg, tiny_model, tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from aaclip.cli import build_parser, main
-from aaclip.commands import config_from
+from aaclip.runs.cli import config_from
 
 
 def parse(*argv):
@@ -16,28 +16,37 @@ def test_train_flags_map_onto_the_profile_and_config():
     args = parse(
         "train", "--profile", "smoke", "--data-root", "world", "--dataset", "mini-aux", "--shot", "16",
         "--save-path", "ckpt", "--stage2-epochs", "3", "--stage2-milestones", "10,20", "--no-stage1",
-        "--set", "orth_weight=0.2", "--seed", "5", "--device", "cpu",
+        "--set", "stage1.orth_weight=0.2", "--seed", "5", "--device", "cpu",
     )  # fmt: skip
     cfg = config_from(args)
-    assert (cfg.profile, cfg.data_root, cfg.train_dataset, cfg.shot, cfg.save_path) == (
+    assert (cfg.runtime.profile, cfg.runtime.data_root, cfg.train.dataset, cfg.train.shot, cfg.runtime.save_path) == (
         "smoke", "world", "mini-aux", 16, "ckpt"
     )  # fmt: skip
-    assert (cfg.stage2_epochs, cfg.stage2_milestones, cfg.train_stage1, cfg.train_stage2) == (3, [10, 20], False, True)
-    assert (cfg.orth_weight, cfg.seed, cfg.device) == (0.2, 5, "cpu")
-    assert cfg.backbone == "aaclip-tiny"  # from the smoke profile, untouched by absent flags
+    assert (cfg.stage2.epochs, cfg.stage2.milestones, cfg.stage1.enabled, cfg.stage2.enabled) == (3, [10, 20], False, True)
+    assert (cfg.stage1.orth_weight, cfg.train.seed, cfg.runtime.device) == (0.2, 5, "cpu")
+    assert cfg.model.backbone == "aaclip-tiny"  # from the smoke profile, untouched by absent flags
+
+
+def test_flags_and_their_help_come_from_the_config_declarations(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--stage2-epochs" in text and "stage-2 epochs (paper: 20)" in text
+    assert "--activation {gelu,quick_gelu}" in text and "--augment, --no-augment" in text
 
 
 def test_paper_is_the_default_profile():
     cfg = config_from(parse("test", "--dataset", "MVTec", "--save-path", "run", "--out", "res", "--aupro", "legacy"))
-    assert (cfg.profile, cfg.backbone, cfg.image_size, cfg.data_root) == ("paper", "ViT-L-14-336", 518, "data")
-    assert (cfg.save_path, cfg.out_dir, cfg.aupro, cfg.normalize) == ("run", "res", "legacy", "transductive")
+    assert (cfg.runtime.profile, cfg.model.backbone, cfg.model.image_size, cfg.runtime.data_root) == (
+        "paper", "ViT-L-14-336", 518, "data")
+    assert (cfg.runtime.save_path, cfg.eval.aupro, cfg.eval.normalize) == ("run", "legacy", "transductive")
 
 
 def test_bad_values_are_errors_naming_the_key(capsys):
-    assert main(["train", "--profile", "smoke", "--set", "no_such_key=1"]) == 2
-    assert "no_such_key" in capsys.readouterr().err
+    assert main(["train", "--profile", "smoke", "--set", "train.no_such_key=1"]) == 2
+    assert "train.no_such_key" in capsys.readouterr().err
     assert main(["test", "--profile", "smoke", "--dataset", "mini-target", "--normalize", "sometimes"]) == 2
-    assert "normalize='sometimes'" in capsys.readouterr().err
+    assert "eval.normalize='sometimes'" in capsys.readouterr().err
 
 
 def test_unknown_dataset_lists_the_choices(tmp_path, capsys):
@@ -45,13 +54,13 @@ def test_unknown_dataset_lists_the_choices(tmp_path, capsys):
                  "--save-path", str(tmp_path / "ckpt")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "unknown dataset 'MVTecc'" in err and "MVTec" in err and "mini-aux" in err and "CVC-300" in err
+    assert "unknown dataset 'MVTecc'" in err and "MVTec" in err and "prepared folder" in err and "CVC-300" in err
 
 
-def test_describe_prints_parameter_counts_and_levels(capsys):
-    assert main(["describe", "--backbone", "aaclip-tiny", "--image-size", "96"]) == 0
+def test_describe_prints_parameter_counts_and_levels(tiny_backbone, capsys):
+    assert main(["describe", "--backbone", "aaclip-tiny", "--pretrained", str(tiny_backbone), "--image-size", "96"]) == 0
     info = json.loads(capsys.readouterr().out)
-    # SPEC 2 generalised by depth: tiny CLIP (width 64, depth 8/4) -> 1 text adapter + projection,
+    # book:method-adapters generalised by depth: tiny CLIP (width 64, depth 8/4) -> 1 text adapter + projection,
     # 2 image adapters + 4 seg projections + 1 det projection, each 64 x 64, no bias
     assert (info["trainable_text"], info["trainable_image"]) == (2 * 64 * 64, 7 * 64 * 64)
     assert info["levels"] == [2, 4, 6, 8] and info["grid"] == [12, 12] and info["frozen"] > 0

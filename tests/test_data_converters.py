@@ -1,4 +1,4 @@
-"""Converters (SPEC 7): fake trees in every original layout, named exactly as the reference file lists.
+"""Converters (book:protocol-datasets): fake trees in every original layout, named exactly as the reference file lists.
 
 Each tree holds tiny generated images at the reference paths; the converter must give back the
 reference rows (as sets, labels as ints), compare counts with the expected split, and fail
@@ -261,7 +261,7 @@ def test_folder_with_classes_and_masks_becomes_a_usable_dataset(tmp_path, capsys
     }
     info = get_dataset("parts", data_root=tmp_path / "data")
     assert (info.domain, info.classes, info.has_masks, info.layout) == ("medical", ("gear", "washer"), True, "folder")
-    dataset = load_dataset(tmp_path / "data", "parts", image_size=16)
+    dataset = load_dataset(tmp_path / "data", "parts", 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert len(dataset) == 5 and dataset.info == info
 
 

@@ -1,4 +1,4 @@
-"""The torch Dataset: SPEC 1 preprocessing, SPEC 5 joint augmentation, anomalib field names."""
+"""The torch Dataset: preprocessing (book:method-preprocessing), joint augmentation (book:method-augmentation), one Batch type."""
 
 import io
 import json
@@ -9,7 +9,8 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from aaclip.data.dataset import CLIP_MEAN, CLIP_STD, AnomalyDataset, load_dataset
+from aaclip.batch import Batch
+from aaclip.data.dataset import AnomalyDataset, load_dataset
 from aaclip.data.metadata import MetadataError, write_metadata
 from aaclip.errors import AAClipError
 
@@ -25,27 +26,26 @@ def save(image: Image.Image, path):
 
 def pixels(item) -> torch.Tensor:
     """The item's image back in [0, 1]."""
-    return item["image"] * STD + MEAN
+    return item.image[0] * STD + MEAN
 
 
-def one(tmp_path, image, mask=None, size=16, **options):
+def one(tmp_path, image, mask=None, size=16, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, **options):
     """A dataset of one image (anomalous when a mask is given)."""
     record = {"image_path": save(image, tmp_path / "img.png"), "label": int(mask is not None), "class_name": "x"}
     if mask is not None:
         record["mask_path"] = "mask/" + save(mask, tmp_path / "mask" / "m.png")
-    return AnomalyDataset([record], tmp_path, image_size=size, **options)
+    return AnomalyDataset([record], tmp_path, size, mean, std, **options)
 
 
 def test_item_fields_resize_without_crop_and_clip_normalisation(tmp_path):
-    assert (CLIP_MEAN, CLIP_STD) == (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
     item = one(tmp_path, Image.new("RGB", (12, 7), (200, 100, 50)))[0]
-    assert set(item) == {"image", "gt_mask", "gt_label", "class_name", "image_path"}
-    assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
+    assert isinstance(item, Batch) and len(item) == 1
+    assert item.image.shape == (1, 3, 16, 16) and item.image.dtype == torch.float32
     expected = (torch.tensor([200, 100, 50]).view(3, 1, 1) / 255 - MEAN) / STD
-    torch.testing.assert_close(item["image"], expected.expand(3, 16, 16), atol=1e-5, rtol=0)
-    assert item["gt_mask"].shape == (1, 16, 16) and item["gt_mask"].dtype == torch.float32
-    assert item["gt_mask"].sum() == 0 and item["gt_label"] == 0  # normal image: empty mask
-    assert (item["class_name"], item["image_path"]) == ("x", str(tmp_path / "img.png"))
+    torch.testing.assert_close(item.image[0], expected.expand(3, 16, 16), atol=1e-5, rtol=0)
+    assert item.gt_mask.shape == (1, 16, 16) and item.gt_mask.dtype == torch.bool
+    assert item.gt_mask.sum() == 0 and item.gt_label.tolist() == [0]  # normal image: empty mask
+    assert (item.class_name, item.image_path) == (["x"], [str(tmp_path / "img.png")])
     # no crop: a left-half stripe stays the left half after the aspect-changing resize
     striped = np.zeros((7, 12, 3), np.uint8)
     striped[:, :6] = 255
@@ -63,8 +63,15 @@ def test_any_mode_becomes_rgb(tmp_path, image, gray):
     if image.mode == "P":
         image.putpalette([v for i in range(256) for v in (i, i, i)])
     item = one(tmp_path, image)[0]
-    assert item["image"].shape == (3, 16, 16)
+    assert item.image.shape == (1, 3, 16, 16)
     torch.testing.assert_close(pixels(item), torch.full((3, 16, 16), gray / 255), atol=1e-4, rtol=0)
+
+
+def test_the_backbones_own_mean_and_std_are_used(tmp_path):
+    """book:method-preprocessing: the model's preprocessing, not a hard-wired CLIP constant."""
+    image = Image.new("RGB", (8, 8), (128, 128, 128))
+    item = one(tmp_path, image, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))[0]
+    torch.testing.assert_close(item.image, torch.full((1, 3, 16, 16), (128 / 255 - 0.5) / 0.25), atol=1e-5, rtol=0)
 
 
 def test_mask_nearest_resize_then_nonzero(tmp_path):
@@ -72,15 +79,15 @@ def test_mask_nearest_resize_then_nonzero(tmp_path):
     values[:, 4:] = 128
     values[0, 4] = 1  # faint but nonzero: still defect
     item = one(tmp_path, Image.new("RGB", (8, 8)), Image.fromarray(values), size=16)[0]
-    expected = torch.zeros(1, 16, 16)
-    expected[:, :, 8:] = 1
-    assert item["gt_label"] == 1
-    assert torch.equal(item["gt_mask"], expected)
+    expected = torch.zeros(1, 16, 16, dtype=torch.bool)
+    expected[:, :, 8:] = True
+    assert item.gt_label.tolist() == [1]
+    assert torch.equal(item.gt_mask, expected)
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 3] = 255  # opaque everywhere: alpha is not the defect
     rgba[:, 4:, 0] = 255
     item = one(tmp_path, Image.new("RGB", (8, 8)), Image.fromarray(rgba, "RGBA"), size=16)[0]
-    assert torch.equal(item["gt_mask"], expected)
+    assert torch.equal(item.gt_mask, expected)
 
 
 def square_pair(tmp_path, **options):
@@ -98,10 +105,9 @@ def test_joint_augmentation_keeps_the_mask_on_the_defect(tmp_path):
         item = dataset[0]
         image = pixels(item)
         bright = image.mean(0) > 0.5
-        assert torch.equal(bright, item["gt_mask"][0].bool()), seed
+        assert torch.equal(bright, item.gt_mask[0]), seed
         assert ((image < 0.01) | (image > 0.99)).all(), seed  # nearest, fill 0: no blended pixels
-        assert set(item["gt_mask"].unique().tolist()) <= {0.0, 1.0}
-        masks.add(item["gt_mask"].numpy().tobytes())
+        masks.add(item.gt_mask.numpy().tobytes())
     assert len(masks) > 6  # rotation, translation and flips really vary
 
 
@@ -111,8 +117,8 @@ def test_augmentation_is_reproducible_from_torch_seed(tmp_path):
 
     def run(workers):
         torch.manual_seed(11)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers)
-        return torch.cat([batch["image"] for batch in loader])
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=Batch.collate)
+        return torch.cat([batch.image for batch in loader])
 
     first = run(0)
     assert torch.equal(first, run(0))
@@ -127,8 +133,8 @@ def test_color_jitter_changes_the_image_only(tmp_path):
     for seed in range(8):
         torch.manual_seed(seed)
         item = dataset[0]
-        assert torch.equal(item["gt_mask"], plain["gt_mask"])
-        changed += not torch.allclose(item["image"], plain["image"])
+        assert torch.equal(item.gt_mask, plain.gt_mask)
+        changed += not torch.allclose(item.image, plain.image)
     assert changed >= 4  # each of the three jitters applies with p 0.7
 
 
@@ -138,7 +144,8 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[:300])
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG definitely not")
     for name in ("truncated.png", "garbage.png"):
-        dataset = AnomalyDataset([{"image_path": name, "label": 0, "class_name": "x"}], tmp_path, image_size=8)
+        dataset = AnomalyDataset([{"image_path": name, "label": 0, "class_name": "x"}], tmp_path, 8,
+                                 OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
         with pytest.raises(AAClipError, match=f"cannot read image {tmp_path / name}"):
             dataset[0]
 
@@ -154,22 +161,40 @@ def test_load_dataset_validates_and_selects_classes(tmp_path):
         for key in ("image_path", "mask_path"):
             if key in record:
                 save(Image.new("RGB", (8, 8)), root / record[key])
+    clip = (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     with pytest.raises(AAClipError, match="run 'aaclip prepare MVTec --root"):
-        load_dataset(tmp_path, "mvtec")
+        load_dataset(tmp_path, "mvtec", 16, *clip)
     write_metadata(root / "full-shot.jsonl", records)
-    dataset = load_dataset(tmp_path, "mvtec-ad", image_size=16, classes=["cable"])
+    dataset = load_dataset(tmp_path, "mvtec-ad", 16, *clip, classes=["cable"])
     assert [r["class_name"] for r in dataset.records] == ["cable", "cable"]
-    assert load_dataset(tmp_path, "mvtec").class_names == ["bottle", "cable"]
-    assert dataset.info.name == "MVTec" and dataset[1]["gt_mask"].shape == (1, 16, 16)
+    assert load_dataset(tmp_path, "mvtec", 16, *clip).class_names == ["bottle", "cable"]
+    assert dataset.info.name == "MVTec" and dataset[1].gt_mask.shape == (1, 16, 16)
     with pytest.raises(AAClipError, match="no class 'screw'; it has bottle, cable"):
-        load_dataset(tmp_path, "mvtec", classes=["screw"])
+        load_dataset(tmp_path, "mvtec", 16, *clip, classes=["screw"])
     with pytest.raises(AAClipError, match="run 'aaclip shots MVTec --k 2'"):
-        load_dataset(tmp_path, "mvtec", shot=2)
+        load_dataset(tmp_path, "mvtec", 16, *clip, shot=2)
     write_metadata(root / "full-shot.jsonl", [{**records[0], "class_name": "botle"}] + records[1:])
     with pytest.raises(AAClipError, match="class.es. botle not in MVTec: bottle, cable, capsule"):
-        load_dataset(tmp_path, "mvtec")
+        load_dataset(tmp_path, "mvtec", 16, *clip)
     write_metadata(root / "full-shot.jsonl", records)
     (root / "cable/ground_truth/cut/0_mask.png").unlink()
     with pytest.raises(MetadataError, match=r"full-shot.jsonl:4: mask not found"):
-        load_dataset(tmp_path, "mvtec")
+        load_dataset(tmp_path, "mvtec", 16, *clip)
     assert json.loads((root / "full-shot.jsonl").read_text().splitlines()[0])["label"] == 0
+
+
+def test_a_batch_joins_items_and_refuses_fields_that_disagree(tmp_path):
+    dataset = square_pair(tmp_path)
+    dataset.records = dataset.records * 3
+    batch = Batch.collate([dataset[i] for i in range(3)])
+    assert len(batch) == 3 and batch.image.shape == (3, 3, 32, 32) and batch.gt_mask.shape == (3, 32, 32)
+    assert batch.gt_label.tolist() == [1, 1, 1] and batch.class_name == ["x"] * 3
+    picked = batch.select([2, 0])
+    assert len(picked) == 2 and torch.equal(picked.image[1], batch.image[0])
+    with pytest.raises(AAClipError, match="one image_path, class_name and gt_label per image"):
+        Batch(image_path=["a", "b"], class_name=["x"], gt_label=torch.tensor([0, 1]))
+    with pytest.raises(AAClipError, match="batch field pred_score has 1 entries for 2 images"):
+        Batch(image_path=["a", "b"], class_name=["x", "x"], gt_label=np.array([0, 1]), pred_score=np.array([0.5]))
+    with pytest.raises(AAClipError, match=r"gt_mask \(1, 8, 8\) does not match image \(1, 3, 32, 32\)"):
+        Batch(image_path=["a"], class_name=["x"], gt_label=torch.tensor([0]), image=torch.zeros(1, 3, 32, 32),
+              gt_mask=torch.zeros(1, 8, 8, dtype=torch.bool))

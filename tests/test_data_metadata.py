@@ -1,4 +1,4 @@
-"""SPEC 7 metadata: reading, atomic writing, and validation that reports every problem with file:line."""
+"""book:protocol-datasets metadata: reading, atomic writing, and validation that reports every problem with file:line."""
 
 import json
 

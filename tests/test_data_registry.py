@@ -1,19 +1,25 @@
-"""The dataset registry (SPEC 7): names, aliases, classes, domains, prompt names, expected sizes."""
+"""The dataset registry (book:protocol-datasets): names, aliases, classes, domains, prompt names, expected sizes."""
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from aaclip.data.registry import DATASETS, dataset_names, dataset_root, get_dataset, metadata_path
+from aaclip.data.registry import (
+    DATASETS,
+    custom_info,
+    dataset_names,
+    dataset_root,
+    get_dataset,
+    metadata_path,
+    write_custom_info,
+)
 from aaclip.errors import AAClipError
 
 REFERENCE = Path(__file__).resolve().parent / "reference-metadata"  # a copy of ../shared/reference-metadata (Apache-2.0, see its LICENSE)
 
-# SPEC 7: test split sizes (normal, anomalous) of the eleven datasets.
-SPEC_SIZES = {
+# book:protocol-datasets: test split sizes (normal, anomalous) of the eleven datasets.
+PROTOCOL_SIZES = {
     "MVTec": (467, 1258), "VisA": (962, 1200), "BTAD": (451, 290), "MPDD": (176, 282),
     "Brain": (640, 3075), "Liver": (833, 660), "Retina": (1041, 764), "ClinicDB": (0, 612),
     "ColonDB": (0, 380), "Kvasir": (0, 1000), "CVC-300": (0, 60),
@@ -21,8 +27,8 @@ SPEC_SIZES = {
 
 
 def test_eleven_datasets_with_spec_domains_and_totals():
-    assert list(DATASETS) == list(SPEC_SIZES)
-    for name, (normal, anomalous) in SPEC_SIZES.items():
+    assert list(DATASETS) == list(PROTOCOL_SIZES)
+    for name, (normal, anomalous) in PROTOCOL_SIZES.items():
         info = DATASETS[name]
         assert sum(n for n, _ in info.expected.values()) == normal, name
         assert sum(a for _, a in info.expected.values()) == anomalous, name
@@ -90,24 +96,23 @@ def test_paths_use_the_dataset_folder(tmp_path):
             metadata_path(tmp_path, "visa", shot=bad)
 
 
-def test_miniature_sets_come_from_the_catalog(monkeypatch):
-    catalog = types.ModuleType("aaclip.miniature.catalog")
-    catalog.DATASETS = {
-        "mini-aux": {"domain": "industrial", "classes": {"washer": "flat metal washer", "tile": "tile"}},
-        "mini-target": {"domain": "industrial", "classes": {"gear": "toothed gear"}},
-        "mini-scan": {"domain": "medical", "classes": {"scan": "scan"}},
-    }
-    monkeypatch.setitem(sys.modules, "aaclip.miniature.catalog", catalog)
-    info = get_dataset("Mini-Aux")
-    assert (info.name, info.folder, info.domain, info.expected) == ("mini-aux", "mini-aux", "industrial", None)
-    assert info.classes == ("washer", "tile")
-    assert info.prompt_names["washer"] == "flat metal washer"
-    assert get_dataset("mini_scan").domain == "medical"
-    assert {"mini-aux", "mini-target", "mini-scan"} <= set(dataset_names())
+def test_a_prepared_folder_is_found_by_its_dataset_json_whoever_wrote_it(tmp_path):
+    """The registry knows the eleven datasets; anything else (a user's data, a generated world) describes itself."""
+    info = custom_info("gears", {"gear": "toothed gear", "washer": "flat metal washer"}, "medical",
+                       made_by="my-generator --seed 3")
+    write_custom_info(tmp_path / "gears", info)
+    found = get_dataset("gears", data_root=tmp_path)
+    assert (found.name, found.folder, found.domain, found.expected) == ("gears", "gears", "medical", None)
+    assert found.prompt_names == {"gear": "toothed gear", "washer": "flat metal washer"}
+    assert found.made_by == "my-generator --seed 3"
+    with pytest.raises(AAClipError, match=r"unknown dataset 'gears' \(nor a prepared folder .*other/gears\)"):
+        get_dataset("gears", data_root=tmp_path / "other")
+    assert "gears" not in dataset_names() and len(dataset_names()) == 11
 
 
-def test_missing_catalog_is_a_clear_error_for_the_miniature_sets_only(monkeypatch):
-    monkeypatch.setitem(sys.modules, "aaclip.miniature.catalog", None)  # import fails
-    with pytest.raises(AAClipError, match="aaclip.miniature.catalog"):
-        get_dataset("mini-target")
+def test_a_damaged_dataset_json_names_the_file(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "dataset.json").write_text('{"name": "broken"}')
+    with pytest.raises(AAClipError, match=r"broken/dataset.json: not a dataset description"):
+        get_dataset("broken", data_root=tmp_path)
     assert get_dataset("MVTec").name == "MVTec"

@@ -1,4 +1,4 @@
-"""k-shot subsets (SPEC 7): k per class, half normal half anomalous, seeded, recorded in a sidecar."""
+"""k-shot subsets (book:protocol-datasets): k per class, half normal half anomalous, seeded, recorded in a sidecar."""
 
 import hashlib
 import io

@@ -78,15 +78,29 @@ def test_aa_clip_beats_plain_clip_on_the_default_world(default_world, tmp_path):
     frozen patch features give AA-CLIP nothing to align. The default world's 744 steps do.
     """
     from aaclip.config import Config
-    from aaclip.evaluate import test
-    from aaclip.train import train
 
-    cfg = Config.load("miniature", data_root=str(default_world), save_path=str(tmp_path / "run"), device="cpu")
-    train(cfg, progress=False)
-    aaclip = test(cfg, "mini-target", progress=False)
-    clip = test(cfg, "mini-target", baseline=True, progress=False)
+    cfg = Config.load("miniature", {"runtime.data_root": str(default_world), "runtime.save_path": str(tmp_path / "run"),
+                                    "runtime.device": "cpu"})
+    aaclip, clip = aaclip_and_clip(cfg, "mini-target")
     for metric in ("pixel_auroc", "image_auroc"):
         assert aaclip[metric] > clip[metric] + 0.02, f"{metric}: AA-CLIP {aaclip[metric]:.3f} vs CLIP {clip[metric]:.3f}"
+
+
+def aaclip_and_clip(cfg, dataset: str) -> tuple[dict, dict]:
+    """Train (or reuse) the run of `cfg`, then its and plain CLIP's dataset means on `dataset`."""
+    from aaclip.data.dataset import load_dataset
+    from aaclip.runs.checkpoint import load_run
+    from aaclip.runs.evaluate import evaluate
+    from aaclip.runs.inference import BASELINE, Method
+    from aaclip.runs.train import train
+
+    train(cfg, progress=False)
+    model, run_cfg = load_run(cfg.runtime.save_path)
+    b = model.backbone
+    data = load_dataset(cfg.runtime.data_root, dataset, b.image_size, b.mean, b.std)
+    aaclip = evaluate(model, data, Method.of_run(run_cfg), cfg.eval, progress=False).means
+    clip = evaluate(model, data, BASELINE, cfg.eval, progress=False).means
+    return aaclip, clip
 
 
 def paint_defects(world, datasets=("mini-aux", "mini-target")) -> None:
@@ -102,15 +116,10 @@ def paint_defects(world, datasets=("mini-aux", "mini-target")) -> None:
 
 
 def test_aa_clip_learns_defects_its_backbone_can_see(smoke_world, smoke_cfg, tmp_path):
-    from aaclip.evaluate import test
-    from aaclip.train import train
-
     world = tmp_path / "magenta-world"
     shutil.copytree(smoke_world, world, ignore=shutil.ignore_patterns("mini-scan"))
     paint_defects(world)
-    cfg = smoke_cfg.replace(data_root=str(world), save_path=str(tmp_path / "run"))
-    train(cfg, progress=False)
-    aaclip = test(cfg, "mini-target", progress=False)
-    clip = test(cfg, "mini-target", baseline=True, progress=False)
+    cfg = smoke_cfg.replace({"runtime.data_root": str(world), "runtime.save_path": str(tmp_path / "run")})
+    aaclip, clip = aaclip_and_clip(cfg, "mini-target")
     assert aaclip["pixel_auroc"] >= 0.8 > clip["pixel_auroc"], (aaclip["pixel_auroc"], clip["pixel_auroc"])
     assert aaclip["image_auroc"] >= clip["image_auroc"] + 0.05, (aaclip["image_auroc"], clip["image_auroc"])

@@ -1,4 +1,4 @@
-"""Known-answer tests of the training losses (SPEC sections 4 and 5)."""
+"""Known-answer tests of the training losses (book:method-stage1, book:method-stage2)."""
 
 import math
 
@@ -20,7 +20,7 @@ def unit_pair(cos: float, dim: int = 4) -> torch.Tensor:
 
 
 def test_focal_loss_known_answer():
-    """SPEC 4: q = one_hot clamped to [1e-5, 1-1e-5], pt = sum q P + 1e-5, -(1-pt)^2 log pt, pixel mean."""
+    """book:method-seg-loss: q = one_hot clamped to [1e-5, 1-1e-5], pt = sum q P + 1e-5, -(1-pt)^2 log pt, pixel mean."""
     P = torch.tensor([[[[0.2, 0.6]], [[0.8, 0.4]]]])  # (1, 2, 1, 2): pixel 0 P_abn 0.8, pixel 1 P_abn 0.4
     M = torch.tensor([[[1.0, 0.0]]])  # pixel 0 abnormal, pixel 1 normal
     pt0 = 1e-5 * 0.2 + (1 - 1e-5) * 0.8 + 1e-5  # 0.800004
@@ -34,7 +34,7 @@ def test_focal_loss_known_answer():
 
 
 def test_dice_loss_known_answer_batch_mean():
-    """SPEC 4: smooth 1, 1 - mean over the batch of (2 sum(pm) + 1) / (sum p + sum m + 1)."""
+    """book:method-seg-loss: smooth 1, 1 - mean over the batch of (2 sum(pm) + 1) / (sum p + sum m + 1)."""
     p = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.0, 0.0]]])
     m = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])
     # sample 0: (2+1)/(1+1+1) = 1; sample 1: (1+1)/(1+1+1) = 2/3; mean 5/6
@@ -44,7 +44,7 @@ def test_dice_loss_known_answer_batch_mean():
 
 
 def test_segmentation_loss_constant_logits():
-    """SPEC 4: upsample, softmax over 2 channels, Focal + Dice(P1, M) + Dice(P0, 1-M)."""
+    """book:method-seg-loss: upsample, softmax over 2 channels, Focal + Dice(P1, M) + Dice(P0, 1-M)."""
     S = torch.tensor([0.0, math.log(3.0)]).repeat(1, 4, 1)  # (1, 4 tokens, 2): P_abn = 0.75 everywhere
     M = torch.ones(1, 1, 6, 6)
     hw = 36
@@ -67,14 +67,14 @@ def test_segmentation_loss_places_tokens_row_major():
 
 
 def test_orthogonal_loss_is_squared_batch_mean():
-    """SPEC 4: L_orth = (mean over the batch of <t_n, t_a>)^2, so a repeated class counts twice."""
+    """book:method-seg-loss: L_orth = (mean over the batch of <t_n, t_a>)^2, so a repeated class counts twice."""
     anchors = torch.stack([unit_pair(0.5), unit_pair(0.1), unit_pair(0.1)])
     assert losses.orthogonal_loss(anchors).item() == pytest.approx(((0.5 + 0.1 + 0.1) / 3) ** 2, rel=1e-6)
     assert losses.orthogonal_loss(torch.stack([unit_pair(0.0)])).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_image_loss_uses_raw_cosines():
-    """SPEC 5: CE(det @ T, label) with no temperature."""
+    """book:method-stage2: CE(det @ T, label) with no temperature."""
     T = unit_pair(0.2)
     det = T[:, 1].unsqueeze(0)  # exactly t_abnormal: logits [0.2, 1]
     expected = math.log(1 + math.exp(0.2 - 1))
@@ -91,7 +91,7 @@ def _stage_inputs(levels=4, batch=2, tokens=9, dim=4):
 
 
 def test_stage1_released_uses_last_level_only():
-    """SPEC 4 released: L = L_seg(last level) + 0.1 L_orth; the paper switch sums levels and adds CE."""
+    """book:method-seg-loss released: L = L_seg(last level) + 0.1 L_orth; the paper switch sums levels and adds CE."""
     feats, anchors, mask, label = _stage_inputs()
     out = losses.stage1_loss(feats, anchors, mask)
     seg_last = losses.segmentation_loss(losses.similarity(feats[-1], anchors), mask)
@@ -111,7 +111,7 @@ def test_stage1_released_uses_last_level_only():
 
 
 def test_stage2_loss_is_ce_plus_all_levels():
-    """SPEC 5: CE(det @ T) + sum over the levels of L_seg(100 seg_l @ T); one anchor pair broadcasts."""
+    """book:method-stage2: CE(det @ T) + sum over the levels of L_seg(100 seg_l @ T); one anchor pair broadcasts."""
     feats, anchors, mask, label = _stage_inputs()
     det = feats[-1].mean(1)
     out = losses.stage2_loss(feats, det, anchors, mask, label)

@@ -1,4 +1,4 @@
-"""SPEC 8 metrics: equal to scikit-learn on tied inputs, exact and legacy AUPRO against plain
+"""book:protocol-metrics metrics: equal to scikit-learn on tied inputs, exact and legacy AUPRO against plain
 reference implementations and hand-computed cases, NaN for undefined metrics, the dataset
 mean, and result files that are written atomically."""
 
@@ -21,7 +21,6 @@ from aaclip.metrics import (
     evaluate_class,
     pixel_metrics,
     summarize,
-    write_results,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +64,7 @@ def regions_of(masks):
 
 
 def reference_aupro_exact(maps, masks, limit=0.3):
-    """SPEC 8 exact AUPRO, slowly: one pass over the pixels for every distinct score."""
+    """book:protocol-metrics exact AUPRO, slowly: one pass over the pixels for every distinct score."""
     regions, normal = regions_of(masks), ~masks
     points = [(0.0, 0.0)]
     for threshold in np.unique(maps)[::-1]:
@@ -113,7 +112,7 @@ def one_image(scores, mask):
 @pytest.mark.parametrize("levels,dtype,offset", [(3, np.float32, 0.0), (12, np.float32, -0.6),
                                                  (None, np.float32, 0.0), (7, np.float64, -0.2)])
 def test_auroc_ap_f1_equal_sklearn_with_ties(seed, levels, dtype, offset):
-    """SPEC 8: AUROC, AP and F1-max equal scikit-learn to 1e-6 on tied, negative and float64 scores."""
+    """book:protocol-metrics: AUROC, AP and F1-max equal scikit-learn to 1e-6 on tied, negative and float64 scores."""
     pred_score, gt_label, maps, masks = random_class(seed, levels=levels, dtype=dtype, offset=offset)
     result = evaluate_class(pred_score, gt_label, maps, masks)
     for prefix, labels, scores in [("image", gt_label, pred_score), ("pixel", masks.ravel(), maps.ravel())]:
@@ -123,7 +122,7 @@ def test_auroc_ap_f1_equal_sklearn_with_ties(seed, levels, dtype, offset):
 
 
 def test_f1_max_treats_tied_scores_as_one_threshold():
-    """SPEC 8 F1-max: at score 0.8 one normal and one anomalous image tie; the best F1 is 0.8
+    """book:protocol-metrics F1-max: at score 0.8 one normal and one anomalous image tie; the best F1 is 0.8
     (threshold 0.8: precision 2/3, recall 1), not 1.0 as breaking the tie would give."""
     result = evaluate_class([0.9, 0.8, 0.8, 0.3], [1, 0, 1, 0])
     assert result["image_f1_max"] == pytest.approx(0.8)
@@ -145,7 +144,7 @@ def test_torch_inputs_and_channel_dimension_match_numpy():
 
 
 def test_one_label_only_gives_nan_not_zero():
-    """SPEC 8: all images anomalous (polyp sets) -> image metrics NaN, pixel metrics defined."""
+    """book:protocol-metrics: all images anomalous (polyp sets) -> image metrics NaN, pixel metrics defined."""
     _, _, maps, masks = random_class(0, n_normal=0)
     assert masks.any(axis=(1, 2)).all()
     result = evaluate_class(maps.max(axis=(1, 2)), np.ones(len(maps)), maps, masks)
@@ -154,7 +153,7 @@ def test_one_label_only_gives_nan_not_zero():
 
 
 def test_no_anomalous_pixel_gives_nan_pixel_metrics():
-    """SPEC 8: a class without defect pixels has no pixel AUROC/AP/F1/AUPRO."""
+    """book:protocol-metrics: a class without defect pixels has no pixel AUROC/AP/F1/AUPRO."""
     _, _, maps, masks = random_class(1)
     result = evaluate_class(maps.max(axis=(1, 2)), [0, 1] * 5, maps, np.zeros_like(masks))
     assert not math.isnan(result["image_auroc"])
@@ -176,7 +175,7 @@ def test_aupro_off_and_missing_maps_give_nan():
 
 
 def test_exact_aupro_one_region():
-    """SPEC 8 exact AUPRO. Region of 2 pixels (0.95, 0.75), 10 normal pixels 0.9 .. 0.0:
+    """book:protocol-metrics exact AUPRO. Region of 2 pixels (0.95, 0.75), 10 normal pixels 0.9 .. 0.0:
     PRO is 0.5 on FPR [0, 0.2] and 1 on [0.2, 0.3]: area 0.2, / 0.3 = 2/3."""
     maps, masks = one_image([[0.95, 0.75, 0.9, 0.8], [0.7, 0.6, 0.5, 0.4], [0.3, 0.2, 0.1, 0.0]],
                             [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
@@ -184,7 +183,7 @@ def test_exact_aupro_one_region():
 
 
 def test_exact_aupro_averages_regions_not_pixels():
-    """SPEC 8: PRO is the mean over regions. Region A (1 px, 0.95) and region B (4 px, two at
+    """book:protocol-metrics: PRO is the mean over regions. Region A (1 px, 0.95) and region B (4 px, two at
     0.85, two at 0.05); 20 normal pixels 0.9, 0.8, ..., 0.3 and 13 zeros (FPR steps of 0.05).
     PRO 0.5 on [0, 0.05], 0.75 on [0.05, 0.3]: (0.025 + 0.1875) / 0.3."""
     scores = np.zeros((5, 5))
@@ -198,7 +197,7 @@ def test_exact_aupro_averages_regions_not_pixels():
 
 
 def test_exact_aupro_uses_8_connectivity():
-    """SPEC 8: (0,0) touches (1,1) diagonally, so {(0,0), (1,1), (1,2)} is ONE region of 3 pixels
+    """book:protocol-metrics: (0,0) touches (1,1) diagonally, so {(0,0), (1,1), (1,2)} is ONE region of 3 pixels
     and only (0,0) scores high: PRO = 1/3 up to FPR 0.3 (4-connectivity would give 1/2)."""
     scores = np.zeros((4, 4))
     mask = np.zeros((4, 4))
@@ -211,7 +210,7 @@ def test_exact_aupro_uses_8_connectivity():
 
 
 def test_exact_aupro_counts_normal_pixels_of_defect_free_images():
-    """SPEC 8: FPR runs over all normal pixels of the class, those of defect-free images too.
+    """book:protocol-metrics: FPR runs over all normal pixels of the class, those of defect-free images too.
     A defect image (region 0.95 and 0.75; 13 normal pixels 0.9 .. 0.0) and a clean image
     (two pixels at 0.99): N = 28; the curve stays at PRO 0 up to FPR 2/28 because of the
     clean image, then 0.5 up to 4/28, then 1 up to 0.3."""
@@ -230,7 +229,7 @@ def test_exact_aupro_counts_normal_pixels_of_defect_free_images():
 
 
 def test_exact_aupro_ties_between_region_and_normal_pixels():
-    """SPEC 8 ties: a region pixel at 0.5 ties with 4 normal pixels, so the curve goes linearly
+    """book:protocol-metrics ties: a region pixel at 0.5 ties with 4 normal pixels, so the curve goes linearly
     from (0.2, 0.5) to (0.6, 1); interpolated at 0.3 it is 0.625: (0.1 + 0.05625) / 0.3."""
     maps, masks = one_image([[0.95, 0.5, 0.9, 0.8], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
                             [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
@@ -240,7 +239,7 @@ def test_exact_aupro_ties_between_region_and_normal_pixels():
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("levels", [5, 40, None])
 def test_exact_aupro_equals_plain_implementation(seed, levels):
-    """SPEC 8 exact AUPRO against a loop over every distinct threshold."""
+    """book:protocol-metrics exact AUPRO against a loop over every distinct threshold."""
     _, _, maps, masks = random_class(seed, n_images=6, size=14, levels=levels)
     expected = reference_aupro_exact(maps, masks)
     assert pixel_metrics(maps, masks)["pixel_aupro"] == pytest.approx(expected, abs=1e-9)
@@ -252,7 +251,7 @@ def test_exact_aupro_equals_plain_implementation(seed, levels):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("levels", [7, None])
 def test_legacy_aupro_equals_released_loop(seed, levels):
-    """SPEC 8 legacy AUPRO: 200 thresholds between min and max, FPR < 0.3 rescaled, trapezoid."""
+    """book:protocol-metrics legacy AUPRO: 200 thresholds between min and max, FPR < 0.3 rescaled, trapezoid."""
     _, _, maps, masks = random_class(seed, n_images=6, size=14, levels=levels)
     expected = reference_aupro_legacy(maps, masks)
     got = pixel_metrics(maps, masks, aupro="legacy")["pixel_aupro"]
@@ -260,7 +259,7 @@ def test_legacy_aupro_equals_released_loop(seed, levels):
 
 
 def test_legacy_aupro_differs_from_exact_on_the_one_region_case():
-    """SPEC 8 legacy on the one-region case (exact: 2/3). Kept points (FPR < 0.3): (0, 0.5),
+    """book:protocol-metrics legacy on the one-region case (exact: 2/3). Kept points (FPR < 0.3): (0, 0.5),
     (0.1, 0.5), (0.2, 0.5) and (0.2, 1); FPR rescaled by 0.2, the area is 0.5: the jump to
     PRO 1 at the last kept FPR adds nothing."""
     maps, masks = one_image([[0.95, 0.75, 0.9, 0.8], [0.7, 0.6, 0.5, 0.4], [0.3, 0.2, 0.1, 0.0]],
@@ -318,7 +317,7 @@ def per_class_example():
 
 
 def test_summarize_skips_nan_and_counts_classes():
-    """SPEC 8: unweighted mean over classes, NaN left out (never averaged as 0), with counts."""
+    """book:protocol-metrics: unweighted mean over classes, NaN left out (never averaged as 0), with counts."""
     summary = summarize(per_class_example())
     assert summary["n_classes"] == 3
     assert summary["means"]["image_auroc"] == pytest.approx(0.8)  # (0.9 + 0.7) / 2
@@ -330,70 +329,13 @@ def test_summarize_skips_nan_and_counts_classes():
     assert math.isnan(nothing["means"]["image_ap"]) and nothing["counts"]["image_ap"] == 0
 
 
-def test_write_results_files_parse_back(tmp_path):
-    per_class = per_class_example()
-    summary = summarize(per_class)
-    paths = write_results(tmp_path / "out", per_class, summary, extra={"dataset": "MVTec", "seed": 111})
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_class.csv", "summary.json", "summary.md"]
-    assert all(p.exists() for p in paths.values())
-
-    table = pd.read_csv(paths["per_class.csv"], index_col="class_name")
-    assert list(table.index) == ["bottle", "kvasir", "cable", "mean"]
-    assert list(table.columns) == list(METRIC_NAMES)
-    assert math.isnan(table.loc["kvasir", "image_auroc"])
-    assert table.loc["mean", "image_auroc"] == pytest.approx(0.8)
-    assert table.loc["bottle", "pixel_aupro"] == 0.8
-
-    document = json.loads(paths["summary.json"].read_text())
-    assert document["image_auroc"] == pytest.approx(0.8) and document["pixel_auroc"] == pytest.approx(0.7)
-    assert document["counts"]["image_auroc"] == 2 and document["n_classes"] == 3
-    assert document["per_class"]["kvasir"]["image_auroc"] is None
-    assert document["dataset"] == "MVTec" and document["seed"] == 111 and document["aupro"] == "exact"
-
-    markdown = paths["summary.md"].read_text()
-    assert "| kvasir | – | – | – | 50.0 | 50.0 | 50.0 | 50.0 |" in markdown
-    assert "| **mean** | **80.0** |" in markdown
-    assert "| classes in mean | 2/3 | 2/3 | 2/3 | 3/3 | 3/3 | 3/3 | 3/3 |" in markdown
-    assert "AUPRO (exact" in markdown
-
-
-def test_legacy_aupro_is_labelled_in_results(tmp_path):
-    """SPEC 8: legacy AUPRO is labelled as legacy wherever shown."""
-    per_class = per_class_example()
-    paths = write_results(tmp_path, per_class, summarize(per_class), extra={"aupro": "legacy"})
-    assert "AUPRO (legacy)" in paths["summary.md"].read_text()
-    assert json.loads(paths["summary.json"].read_text())["aupro"] == "legacy"
-    with pytest.raises(MetricInputError, match="n_classes"):
-        write_results(tmp_path, per_class, summarize(per_class), extra={"n_classes": 1})
-
-
-def test_failed_write_keeps_previous_results(tmp_path, monkeypatch):
-    """A crash half-way through writing leaves the previous files whole and no temporaries."""
-    per_class = per_class_example()
-    write_results(tmp_path, per_class, summarize(per_class))
-    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
-
-    real_write_text = Path.write_text
-
-    def crash_half_way(self, text, *args, **kwargs):
-        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Path, "write_text", crash_half_way)
-    changed = {name: dict.fromkeys(METRIC_NAMES, 0.1) for name in per_class}
-    with pytest.raises(OSError, match="disk full"):
-        write_results(tmp_path, changed, summarize(changed))
-    monkeypatch.undo()
-    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
-
-
 # ------------------------------------------------------------------ benchmark
 
 
 def test_benchmark_script_writes_its_figures(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "metrics.py"), "--n-maps", "4", "--size", "24",
-                    "--repeats", "2", "--json", str(out)], check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "benchmarks.metrics", "--n-maps", "4", "--size", "24",
+                    "--repeats", "2", "--json", str(out)], check=True, capture_output=True, text=True, timeout=120, cwd=REPO)
     figures = json.loads(out.read_text())
     assert figures["n_pixels"] == 4 * 24 * 24 and figures["n_maps"] == 4 and figures["size"] == 24
     assert len(figures["aaclip_times"]) == 2 and len(figures["sklearn_times"]) == 1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from aaclip.miniature import build, catalog, defects, generate, render, tiny_clip
+from aaclip_miniature import build, catalog, defects, generate, render, tiny_clip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SEED = 0
@@ -57,7 +57,7 @@ def test_auxiliary_and_target_worlds_are_disjoint_and_each_has_objects_and_textu
 
 
 def state_words() -> set[str]:
-    """The words SPEC 3's abnormal prompts add to a class name ("damaged", "with", "flaw", ...)."""
+    """The words book:method-anchors's abnormal prompts add to a class name ("damaged", "with", "flaw", ...)."""
     from aaclip.prompts import ABNORMAL_STATES, NORMAL_STATES
 
     words = lambda states: {w for state in states for w in state.replace("{}", " ").split()}
@@ -107,7 +107,7 @@ def test_every_prompt_and_caption_fits_the_tiny_clip_context():
     from aaclip.prompts import sentences
 
     tokenizer = tiny_clip.get_tokenizer()
-    context = tiny_clip.CONFIGS[tiny_clip.MODEL_NAME]["text_cfg"]["context_length"]
+    context = tiny_clip.MODEL_CFG["text_cfg"]["context_length"]
     texts = [s for name in catalog.world_classes().values() for group in sentences(name) for s in group]
     texts += [c for i in range(90) for c in generate.pretrain_picture(i, SEED, 48)[0].captions()]
     longest = max(len(tokenizer.encode(t)) for t in texts) + 2  # start and end tokens
@@ -162,13 +162,14 @@ def test_metadata_validates_through_the_dataset_layer(world):
     out, _ = world
     for name in catalog.DATASETS:
         records = validate_metadata(out / name / "full-shot.jsonl", out / name)
-        info = get_dataset(name)
+        info = get_dataset(name, data_root=out)  # found by its dataset.json, like any prepared folder
         assert set(info.classes) == {r["class_name"] for r in records}
+        assert info.prompt_names == catalog.DATASETS[name]["classes"] and info.domain == catalog.DATASETS[name]["domain"]
         for normal, anomalous in count_labels(records).values():
             assert 0.35 <= normal / (normal + anomalous) <= 0.45
-    data = load_dataset(out, "mini-target", image_size=96)
+    data = load_dataset(out, "mini-target", 96, tiny_clip.MEAN, tiny_clip.STD)
     item = next(data[i] for i, r in enumerate(data.records) if r["label"] == 1)
-    assert item["image"].shape == (3, 96, 96) and item["gt_mask"].sum() > 0
+    assert item.image.shape == (1, 3, 96, 96) and item.gt_mask.sum() > 0
 
 
 @pytest.mark.slow
@@ -223,7 +224,7 @@ def test_pretraining_is_deterministic():
 @pytest.mark.slow
 def test_cache_is_reused_and_a_corrupt_file_is_rebuilt(world, world_copy):
     out, summary = world_copy, world[1]
-    weights = out / "tiny_clip" / "model.safetensors"
+    weights = out / "tiny_clip" / tiny_clip.WEIGHTS_FILE
     image = next((out / "mini-aux").rglob("*.png"))
     original, weights_mtime = sha256(image), weights.stat().st_mtime_ns
 
@@ -267,13 +268,13 @@ def test_cache_is_stale_for_another_seed_size_or_a_missing_file(world):
 # ---------------------------------------------------------------------------- the tiny CLIP
 @pytest.mark.slow
 def test_smoke_pretraining_beats_random_initialisation(world):
-    from aaclip.miniature import evidence
+    from aaclip_miniature import evidence
 
     out, summary = world
     model, tokenizer = tiny_clip.load(out / "tiny_clip")
     untrained, _ = tiny_clip.create_model(seed=123)
-    trained = evidence.class_accuracy(model, tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
-    random = evidence.class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
+    trained = evidence.native_class_accuracy(model, tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
+    random = evidence.native_class_accuracy(untrained.eval(), tokenizer, out, "mini-target", tiny_clip.NATIVE_SIZE)["accuracy"]
     assert trained >= random + 0.1, (trained, random)
     assert summary["class_accuracy"] == pytest.approx(trained)
 
@@ -286,10 +287,11 @@ def test_summary_holds_the_evidence(world):
         assert key in on_disk
     assert 0.0 <= on_disk["class_accuracy"] <= 1.0 and -1.0 <= on_disk["anchor_cosine"] <= 1.0
     assert set(on_disk["class_accuracy_per_class"]) == set(catalog.DATASETS["mini-target"]["classes"])
-    assert on_disk["checkpoint_bytes"] == (out / "tiny_clip" / "model.safetensors").stat().st_size
-    config = json.loads((out / "tiny_clip" / "config.json").read_text())
-    assert config["model_name"] == tiny_clip.MODEL_NAME and config["seed"] == SEED
-    assert config["training"]["twins"] is True
+    assert on_disk["checkpoint_bytes"] == (out / "tiny_clip" / tiny_clip.WEIGHTS_FILE).stat().st_size
+    config = json.loads((out / "tiny_clip" / tiny_clip.CONFIG_FILE).read_text())
+    assert config["model_name"] == tiny_clip.MODEL_NAME and config["model_cfg"] == tiny_clip.MODEL_CFG
+    recipe = json.loads((out / "tiny_clip" / tiny_clip.RECIPE_FILE).read_text())
+    assert recipe["seed"] == SEED and recipe["twins"] is True
 
 
 @pytest.mark.slow
@@ -311,10 +313,11 @@ def test_profiles_load_the_tiny_clip_from_the_world(world):
 
     out, _ = world
     for profile in ("smoke", "miniature"):
-        cfg = Config.load(profile, data_root=str(out))
-        backbone = load_backbone(cfg)
-        assert backbone.image_size == cfg.image_size
-        assert backbone.grid_size == cfg.image_size // 8 >= 8
+        cfg = Config.load(profile, {"runtime.data_root": str(out)})
+        backbone = load_backbone(cfg.model, cfg.runtime.data_root)  # open_clip's own local-dir route
+        assert backbone.weights.kind == "folder" and backbone.name == tiny_clip.MODEL_NAME
+        assert backbone.image_size == cfg.model.image_size
+        assert backbone.grid_size == cfg.model.image_size // 8 >= 8
         assert (backbone.vision_depth, backbone.text_depth) == (8, 4)
 
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of the anomaly map and image score (SPEC section 6)."""
+"""Known-answer tests of the anomaly map and image score (book:method-scoring)."""
 
 import math
 
@@ -18,7 +18,7 @@ def anchors_2d():
 
 
 def test_map_formula_uses_raw_logits_without_softmax():
-    """SPEC 6.1: S = 100 seg @ T; m = (S_abn + 1 - S_norm) / 2, no softmax (values far outside [0, 1])."""
+    """book:method-scoring: S = 100 seg @ T; m = (S_abn + 1 - S_norm) / 2, no softmax (values far outside [0, 1])."""
     f = F.normalize(torch.tensor([0.2, 0.5, math.sqrt(1 - 0.29)]), dim=0)
     seg = [f.repeat(1, 4, 1)]  # (1, 4 tokens, 3): cos_n = 0.2, cos_a = 0.5
     m = scoring.level_maps(seg, anchors_2d())
@@ -49,7 +49,7 @@ def test_gaussian_kernel_is_normalised_gaussian():
 
 
 def test_gaussian_blur_reflect_padding_matches_independent_blur():
-    """SPEC 6.2: reflect padding (no edge repetition), checked against numpy and torchvision."""
+    """book:method-scoring: reflect padding (no edge repetition), checked against numpy and torchvision."""
     gen = torch.Generator().manual_seed(0)
     maps = torch.rand(2, 3, 10, 10, generator=gen)
     for domain, (size, sigma) in scoring.BLUR.items():
@@ -69,7 +69,7 @@ def test_gaussian_blur_reflect_padding_matches_independent_blur():
 
 
 def test_fuse_levels_upsamples_align_corners_and_sums():
-    """SPEC 6.3: bilinear, align_corners=True (corners kept exactly), then SUM over levels."""
+    """book:method-scoring: bilinear, align_corners=True (corners kept exactly), then SUM over levels."""
     level0 = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     level1 = torch.ones(2, 2)
     fused = scoring.fuse_levels(torch.stack([level0, level1])[None], image_size=3)
@@ -79,14 +79,14 @@ def test_fuse_levels_upsamples_align_corners_and_sums():
 
 
 def test_raw_image_score_uses_det_as_built():
-    """SPEC 6.4: (det . t_abn + 1) / 2 with det not renormalised."""
+    """book:method-scoring: (det . t_abn + 1) / 2 with det not renormalised."""
     T = anchors_2d()
     det = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.0], [0.0, -1.0, 0.0]])
     assert scoring.raw_image_score(det, T).tolist() == pytest.approx([1.0, 0.75, 0.0])
 
 
 def test_normalize_transductive_per_class_hand_example():
-    """SPEC 6.5 released: per-class min-max of maps and scores; industrial 0.5 pmax + 0.5 score, medical pmax."""
+    """book:method-normalisation released: per-class min-max of maps and scores; industrial 0.5 pmax + 0.5 score, medical pmax."""
     maps = np.array([[[0.0, 2.0]], [[5.0, 5.0]], [[4.0, 8.0]]], dtype=np.float32)
     scores = np.array([0.3, 0.9, 0.5], dtype=np.float32)
     names = ["a", "b", "a"]
@@ -102,7 +102,7 @@ def test_normalize_transductive_per_class_hand_example():
 
 
 def test_normalize_inductive_hand_example_and_single_image():
-    """Inductive: sigmoid(2 (raw - L/2) / L), no test statistics; pmax fused as SPEC 6.5."""
+    """Inductive: sigmoid(2 (raw - L/2) / L), no test statistics; pmax fused as book:method-normalisation."""
     L = 4
     maps = torch.tensor([[[2.0, 4.0]], [[0.0, 2.0]]])  # raw L/2 is the neutral value
     scores = torch.tensor([0.6, 0.2])

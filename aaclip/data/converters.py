@@ -1,4 +1,4 @@
-"""Converters from each original dataset layout (SPEC 7) to `full-shot.jsonl`.
+"""Converters from each original dataset layout (book:protocol-datasets) to `full-shot.jsonl`.
 
 One reader per layout, each returning the test split as (origin, record) pairs:
 

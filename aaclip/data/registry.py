@@ -28,9 +28,9 @@ CUSTOM_INFO_FILE = "dataset.json"
 class DatasetInfo:
     name: str
     folder: str
-    domain: str  # industrial | medical: picks the blur kernel and the image-score rule (SPEC 6)
+    domain: str  # industrial | medical: picks the blur kernel and the image-score rule (book:method-scoring)
     classes: tuple[str, ...]
-    prompt_names: dict[str, str]  # class -> descriptive name used in the prompts (SPEC 3)
+    prompt_names: dict[str, str]  # class -> descriptive name used in the prompts (book:method-anchors)
     expected: dict[str, tuple[int, int]] | None  # class -> (normal, anomalous) test images
     layout: str  # which converter reads the original tree (aaclip.data.converters)
     has_masks: bool

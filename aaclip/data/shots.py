@@ -1,4 +1,4 @@
-"""Few-shot subsets (SPEC 7): k images per class, k/2 normal and k/2 anomalous, drawn with a seed.
+"""Few-shot subsets (book:protocol-datasets): k images per class, k/2 normal and k/2 anomalous, drawn with a seed.
 
 Sampling: classes sorted by name, each class's images sorted by path, then per class and label
 `numpy.random.default_rng(seed).permutation` keeps its first k/2. The draw therefore depends

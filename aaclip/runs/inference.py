@@ -78,16 +78,19 @@ def score_batch(model, method: Method, images, anchors, domain: str, precision: 
     return raw_map, scoring.raw_image_score(det, anchors)
 
 
-def level_maps(model, method: Method, batch: Batch, prompt_names: dict[str, str], domain: str, precision="auto"):
-    """(B, L, S, S) float32: each level's blurred, upsampled map for a batch (the raw map is their sum)."""
+def predict_levels(model, method: Method, batch: Batch, prompt_names: dict[str, str], domain: str,
+                   precision: str = "auto") -> Batch:
+    """The batch (images dropped) with `level_maps` (B, L, S, S): each level's blurred, upsampled map,
+    and `raw_map`, their sum (book:method-scoring); for figures that look inside the fusion."""
     import torch.nn.functional as F
 
     anchors = anchors_for(model, method, [prompt_names[c] for c in batch.class_name], precision)
     with torch.no_grad(), autocast(model.device, precision):
         seg, _ = features(model, method, batch.image.to(model.device))
     grid = scoring.gaussian_blur(scoring.level_maps(seg, anchors), domain)
-    up = F.interpolate(grid, size=(model.image_size,) * 2, mode="bilinear", align_corners=True)
-    return up.float().cpu().numpy()
+    up = F.interpolate(grid, size=(model.image_size,) * 2, mode="bilinear", align_corners=True).float().cpu()
+    return batch.replace(image=None, gt_mask=batch.masks(), gt_label=batch.labels(),
+                         level_maps=up.numpy(), raw_map=up.sum(dim=1).numpy())
 
 
 # ---------------------------------------------------------------------------------- datasets
