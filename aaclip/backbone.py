@@ -164,6 +164,8 @@ def resolve_weights(name: str, pretrained: str | None, root: str | Path = ".") -
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise AAClipError(f"{path}: only .safetensors weight files are accepted (pickles are never loaded)")
+            if (path.parent / CONFIG_FILE).is_file() and name not in open_clip.list_models():
+                return Weights("folder", str(path.parent), folder_weights(path.parent, name))  # the file of a folder
             return Weights("file", str(path), path)
     looked = " and ".join(str(c) for c in candidates)
     known = ", ".join(tags) if tags else "none"

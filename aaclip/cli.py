@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # training says where it stands and how to resume
+        print(f"aaclip {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except AAClipError as err:  # expected, explained failures: no traceback
         print(f"aaclip {args.command}: error: {err}", file=sys.stderr)

@@ -272,6 +272,15 @@ class Config:
         """The groups that say what a run trained (the run identity adds the data's and the backbone's digests)."""
         return {group: dataclasses.asdict(getattr(self, group)) for group in IDENTITY_GROUPS}
 
+    def check_training(self) -> None:
+        """A config that is trained must train something: an enabled stage with at least one epoch."""
+        if not any(part.enabled and part.epochs > 0 for part in (self.stage1, self.stage2)):
+            raise ConfigError(
+                f"stage1.enabled={self.stage1.enabled}, stage1.epochs={self.stage1.epochs}, "
+                f"stage2.enabled={self.stage2.enabled}, stage2.epochs={self.stage2.epochs}: no stage would train; "
+                "enable a stage with epochs >= 1"
+            )
+
     # ------------------------------------------------------------------ derived
     @property
     def data_path(self) -> Path:

@@ -72,7 +72,9 @@ class MetricInputError(AAClipError, ValueError):
 
 
 def evaluate_class(pred_score, gt_label, anomaly_map=None, gt_mask=None, aupro: str = "exact") -> dict:
-    """book:protocol-metrics metrics of one class: the seven METRIC_NAMES as floats in [0, 1] or NaN.
+    """book:protocol-metrics metrics of one class: the seven METRIC_NAMES as floats in [0, 1] or NaN, and
+    the F1-max thresholds `image_threshold` and `pixel_threshold` (a score at or above one counts as
+    anomalous at that F1).
 
     pred_score, gt_label: (N,); anomaly_map: (N, H, W) or (N, 1, H, W); gt_mask: the same
     shape, bool or 0/1. numpy arrays or torch tensors. Without maps the pixel metrics are NaN.
@@ -96,7 +98,8 @@ def image_metrics(pred_score, gt_label) -> dict:
         raise MetricInputError(f"pred_score has {scores.size} values but gt_label has {labels.size}")
     _check_finite(scores, "pred_score")
     curve = _Ranking(np.sort(scores[labels]), np.sort(scores[~labels]))
-    return {"image_auroc": curve.auroc(), "image_ap": curve.average_precision(), "image_f1_max": curve.f1_max()}
+    return {"image_auroc": curve.auroc(), "image_ap": curve.average_precision(), "image_f1_max": curve.f1_max(),
+            "image_threshold": curve.f1_max_threshold()}
 
 
 def pixel_metrics(anomaly_map, gt_mask, aupro: str = "exact") -> dict:
@@ -110,7 +113,7 @@ def pixel_metrics(anomaly_map, gt_mask, aupro: str = "exact") -> dict:
     if anomaly_map is None or gt_mask is None:
         if (anomaly_map is None) != (gt_mask is None):
             raise MetricInputError("anomaly_map and gt_mask must be given together")
-        return dict.fromkeys(PIXEL_METRICS, math.nan)
+        return dict.fromkeys((*PIXEL_METRICS, "pixel_threshold"), math.nan)
     maps = _as_maps(_as_scores(anomaly_map, "anomaly_map"), "anomaly_map")
     masks = _as_maps(_to_numpy(gt_mask), "gt_mask")
     if maps.shape != masks.shape:
@@ -122,7 +125,8 @@ def pixel_metrics(anomaly_map, gt_mask, aupro: str = "exact") -> dict:
         raise MetricInputError("anomaly_map contains NaN or infinite values")
     pos, region = _sort_with_regions(pos, region)  # in place
     curve = _Ranking(pos, neg, region, region_weight, legacy=aupro == "legacy")
-    result = {"pixel_auroc": curve.auroc(), "pixel_ap": curve.average_precision(), "pixel_f1_max": curve.f1_max()}
+    result = {"pixel_auroc": curve.auroc(), "pixel_ap": curve.average_precision(), "pixel_f1_max": curve.f1_max(),
+              "pixel_threshold": curve.f1_max_threshold()}
     if aupro == "exact":
         result["pixel_aupro"] = curve.aupro_exact()
     elif aupro == "legacy":
@@ -162,7 +166,7 @@ class _Ranking:
         self.n_pos, self.n_neg = pos.size, neg.size
         self.twice_u = 0  # Mann-Whitney U doubled: exact integer
         self.precision_sum = 0.0
-        self.best_f1 = 0.0
+        self.best_f1, self.f1_threshold = 0.0, math.nan
         self.pro_area = 0.0  # exact AUPRO area up to FPR_LIMIT
         self.legacy_fpr = self.legacy_pro = None
         if not self.defined:
@@ -197,7 +201,10 @@ class _Ranking:
         self.twice_u += int(np.dot(count, neg_below + neg_upto))
         fp = self.n_neg - neg_below
         self.precision_sum += float(np.dot(count, tp / (tp + fp)))
-        self.best_f1 = max(self.best_f1, float(np.max(2 * tp / (tp + fp + self.n_pos))))
+        f1 = 2 * tp / (tp + fp + self.n_pos)
+        best = int(np.argmax(f1))
+        if f1[best] > self.best_f1:  # the threshold: a score at or above it counts as anomalous
+            self.best_f1, self.f1_threshold = float(f1[best]), float(values[best])
         if weight is None:
             return
         weight = np.add.reduceat(weight, first)
@@ -214,6 +221,10 @@ class _Ranking:
 
     def f1_max(self) -> float:
         return self.best_f1 if self.defined else math.nan
+
+    def f1_max_threshold(self) -> float:
+        """The score at which F1 is largest (anomalous when the score is at or above it)."""
+        return self.f1_threshold if self.defined else math.nan
 
     def aupro_exact(self) -> float:
         return self.pro_area / FPR_LIMIT if self.defined else math.nan

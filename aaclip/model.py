@@ -13,6 +13,7 @@ everything under `clip` is frozen.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -343,6 +344,8 @@ class AAClip(nn.Module):
         return {
             "backbone": b.name,
             "pretrained": b.pretrained,
+            "weights_kind": b.weights.kind,
+            "weights_location": str(Path(b.weights.location).resolve()) if b.weights.file else b.weights.location,
             "weights_sha256": b.weights.sha256,
             "activation": b.activation,
             "image_size": b.image_size,

@@ -39,6 +39,40 @@ def overlay(image, anomaly_map, vmin: float = 0.0, vmax: float = 1.0, alpha: flo
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def annotated_overlay(image, anomaly_map, lines: list[str], vmin: float = 0.0, vmax: float = 1.0,
+                      alpha: float = 0.5, cmap: str = "jet"):
+    """The overlay at the image's own size, with a colour bar of the fixed [vmin, vmax] scale on the right
+    and `lines` of text (the score, what the heat means) above: uint8 (H + text, W + bar, 3).
+
+    A map that found nothing (all near vmin) then reads as "blue everywhere on a 0-1 scale", not as a
+    broken picture.
+    """
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = overlay(image, anomaly_map, vmin, vmax, alpha, cmap)
+    height, width = picture.shape[:2]
+    size = max(11, min(18, width // 24))
+    font = ImageFont.load_default(size=size)
+    line_height = size + 4
+    top, bar, ticks = line_height * len(lines) + 6, max(12, width // 30), 5 * size // 2 + 8
+    canvas = Image.new("RGB", (width + bar + ticks + 12, height + top), "white")
+    canvas.paste(Image.fromarray(picture), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(lines):
+        draw.text((4, 3 + i * line_height), text, fill="black", font=font)
+    gradient = matplotlib.colormaps[cmap](np.linspace(1.0, 0.0, height))[:, :3]  # top of the bar = vmax
+    strip = (np.repeat(gradient[:, None, :], bar, axis=1) * 255 + 0.5).astype(np.uint8)
+    x = width + 6
+    canvas.paste(Image.fromarray(strip), (x, top))
+    for fraction in (0.0, 0.5, 1.0):
+        y = top + int(round((1 - fraction) * (height - 1)))
+        draw.line([(x + bar, y), (x + bar + 3, y)], fill="black")
+        label = f"{vmin + fraction * (vmax - vmin):.2g}"
+        draw.text((x + bar + 5, min(max(top, y - size // 2), top + height - size)), label, fill="black", font=font)
+    return np.asarray(canvas)
+
+
 def mask_outline(mask: np.ndarray) -> np.ndarray:
     """Boolean edge pixels of a mask (the mask minus its 4-neighbour erosion)."""
     m = np.asarray(mask, bool)

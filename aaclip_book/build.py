@@ -95,6 +95,7 @@ def resolve_parameters(profile: str, params: dict) -> tuple[object, dict]:
     if not seeds:
         raise BookError("seeds: give at least one training seed")
     cfg = Config.load(profile, params)  # every key and type checked
+    cfg.check_training()  # the chapters train: a config that trains nothing fails here, before any chapter
     flat = cfg.flat()
     return cfg, {"profile": profile, "parameters": {key: flat[key] for key in params}, "seeds": seeds}
 

@@ -29,7 +29,7 @@ def tiny_model(tiny_cfg):
 
 
 def test_roundtrip_stores_adapters_only_and_a_readable_config(tiny_cfg, tiny_model, tmp_path):
-    file = save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg, extra={"stage": 2, "epoch": 3})
+    file = save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg, extra={"stage": 2, "epoch": 3, "finished": True})
     assert file == tmp_path / "last.safetensors" and (tmp_path / "last.json").is_file()
     with safe_open(str(file), framework="pt") as handle:
         keys = set(handle.keys())
@@ -55,7 +55,7 @@ def test_backbone_weights_that_changed_since_training_are_refused(tiny_cfg, tiny
 
     folder = Path(shutil.copytree(Path(tiny_cfg.model.pretrained), tmp_path / "backbone"))
     cfg = tiny_cfg.replace({"model.pretrained": str(folder)})
-    save_checkpoint(tmp_path / "run" / "last", AAClip.from_config(cfg.model), cfg)
+    save_checkpoint(tmp_path / "run" / "last", AAClip.from_config(cfg.model), cfg, extra={"finished": True})
     weights = folder / "open_clip_model.safetensors"
     expected = tiny_model.backbone.weights.sha256
     from aaclip_miniature import tiny_clip
@@ -70,7 +70,7 @@ def test_backbone_weights_that_changed_since_training_are_refused(tiny_cfg, tiny
 def test_tensor_of_another_shape_fails_naming_the_tensor(tiny_cfg, tiny_model, tmp_path):
     from safetensors.torch import save_file
 
-    file = save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg)
+    file = save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg, extra={"finished": True})
     with safe_open(str(file), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
@@ -79,6 +79,13 @@ def test_tensor_of_another_shape_fails_naming_the_tensor(tiny_cfg, tiny_model, t
     save_file(tensors, str(file), metadata=metadata)
     with pytest.raises(AAClipError, match=key.removeprefix("adapters.")):
         load_run(file)
+
+
+def test_an_unfinished_run_is_not_scored_as_if_it_were_trained(tiny_cfg, tiny_model, tmp_path):
+    save_checkpoint(tmp_path / "last", tiny_model, tiny_cfg, extra={"stage": 1, "epoch": 2, "finished": False})
+    with pytest.raises(CheckpointError, match="stopped at stage 1 epoch 2 before it finished; run the same `aaclip train`"):
+        load_run(tmp_path)
+    assert load_run(tmp_path, require_finished=False)[0] is not None
 
 
 def test_unreadable_or_missing_checkpoint_is_named(tmp_path):

@@ -45,8 +45,10 @@ def test_paper_is_the_default_profile():
 def test_bad_values_are_errors_naming_the_key(capsys):
     assert main(["train", "--profile", "smoke", "--set", "train.no_such_key=1"]) == 2
     assert "train.no_such_key" in capsys.readouterr().err
-    assert main(["test", "--profile", "smoke", "--dataset", "mini-target", "--normalize", "sometimes"]) == 2
+    assert main(["test", "--profile", "smoke", "--baseline", "--dataset", "mini-target", "--normalize", "sometimes"]) == 2
     assert "eval.normalize='sometimes'" in capsys.readouterr().err
+    assert main(["test", "--dataset", "mini-target"]) == 2
+    assert "give --save-path RUN" in capsys.readouterr().err
 
 
 def test_unknown_dataset_lists_the_choices(tmp_path, capsys):
@@ -71,8 +73,8 @@ def test_predict_reports_an_unreadable_image_by_name(smoke_cfg, smoke_run, smoke
     image = next(p for p in sorted((smoke_world / "mini-target").rglob("*.png")) if "mask" not in str(p).lower())
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"definitely not a jpeg")
-    code = main(["predict", "--profile", "smoke", "--data-root", str(smoke_world), "--save-path",
-                 str(smoke_run.save_path), str(image), str(broken), "--out", str(tmp_path / "out")])  # fmt: skip
+    code = main(["predict", "--save-path", str(smoke_run.save_path), str(image), str(broken),
+                 "--out", str(tmp_path / "out"), "--quiet"])  # a checkpoint is enough: no profile, no data root
     captured = capsys.readouterr()
     assert code == 1 and "broken.jpg" in captured.err and "scored 1 of 2 images" in captured.out
-    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 1
+    assert len(list((tmp_path / "out" / "overlays").rglob("*.png"))) == 1

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,12 +33,26 @@ from aaclip.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.slow
 
-SEQUENCE = """
-aaclip miniature --size smoke --out world
-aaclip train --profile smoke --data-root world --dataset mini-aux --save-path ckpt
-aaclip test --profile smoke --data-root world --dataset mini-target --save-path ckpt --out res
-aaclip test --profile smoke --data-root world --dataset mini-target --baseline --out res-clip
-"""
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(after: str) -> list[str]:
+    """The command lines of the first bash block after `after` in the README, as written there."""
+    text = README.read_text()
+    block = text[text.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def run_lines(lines: list[str], cwd: Path) -> list[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    outputs = []
+    for line in lines:
+        argv = line.split()
+        assert argv[0] == "aaclip"
+        done = subprocess.run([sys.executable, "-m", "aaclip", *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +60,21 @@ def readme_run(smoke_world, smoke_run, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("readme")
     (cwd / "world").symlink_to(smoke_world, target_is_directory=True)
     (cwd / "ckpt").symlink_to(smoke_run.save_path, target_is_directory=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    outputs = []
-    for line in SEQUENCE.strip().splitlines():
-        argv = line.split()
-        assert argv[0] == "aaclip"
-        done = subprocess.run([sys.executable, "-m", "aaclip", *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
-        outputs.append(done.stdout)
-    return cwd, outputs
+    return cwd, run_lines(readme_block("## The library and its command line"), cwd)
+
+
+def test_the_readmes_own_data_section_works_as_written(smoke_run, tmp_path):
+    """On a folder nobody prepared, with no masks: prepare, test, then predict, exactly as the README says."""
+    from test_own_data import draw_folder
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "visa").symlink_to(smoke_run.save_path, target_is_directory=True)
+    draw_folder(tmp_path / "my_data" / "parts")
+    run_lines(readme_block("<!-- own-data -->"), tmp_path)
+    assert (tmp_path / "results" / "parts" / "summary.md").is_file()
+    scores = (tmp_path / "heatmaps" / "scores.csv").read_text().splitlines()
+    assert len(scores) == 1 + 16 and (tmp_path / "heatmaps" / "summary.md").is_file()
+    assert len(list((tmp_path / "heatmaps" / "overlays").rglob("*.png"))) == 16
 
 
 def test_the_readme_sequence_writes_summaries_with_the_dataset_means(readme_run, smoke_run):

@@ -102,7 +102,8 @@ def test_predict_scores_single_images_and_reports_unreadable_ones(trained, smoke
     one = predict_images(model, method, [image], tmp_path / "one", object_name="hexagonal nut")
     assert len(one) == 1 and one[0]["error"] == "" and 0 <= one[0]["pred_score"] <= 1
     picture = Image.open(tmp_path / "one" / one[0]["overlay"])
-    assert picture.size == (cfg.model.image_size, cfg.model.image_size) and picture.mode == "RGB"
+    original = Image.open(image).size  # the overlay is drawn at the image's own size, plus its colour bar and score
+    assert picture.size[0] > original[0] and picture.size[1] > original[1] and picture.mode == "RGB"
 
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -138,7 +139,7 @@ def a_result(per_class, aupro="exact") -> TestResult:
 def test_write_results_files_parse_back(tmp_path):
     per_class = per_class_example()
     paths = write_results(tmp_path / "out", a_result(per_class))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_class.csv", "summary.json", "summary.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_class.csv", "predictions.csv", "summary.json", "summary.md"]
     assert all(p.exists() for p in paths.values())
 
     table = pd.read_csv(paths["per_class.csv"], index_col="class_name")

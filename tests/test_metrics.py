@@ -168,7 +168,19 @@ def test_aupro_off_and_missing_maps_give_nan():
     assert {k: off[k] for k in METRIC_NAMES[:-1]} == {k: exact[k] for k in METRIC_NAMES[:-1]}
     image_only = evaluate_class(pred_score, gt_label)
     assert all(math.isnan(image_only[m]) for m in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"))
-    assert list(exact) == list(METRIC_NAMES)
+    assert [k for k in exact if k in METRIC_NAMES] == list(METRIC_NAMES)
+    assert {"image_threshold", "pixel_threshold"} <= set(exact)
+
+
+def test_the_f1_max_threshold_is_where_f1_is_largest():
+    """A score at or above the threshold counts as anomalous, and then F1 equals the F1-max."""
+    from sklearn.metrics import f1_score
+
+    pred_score, gt_label, maps, masks = random_class(4)
+    result = evaluate_class(pred_score, gt_label, maps, masks)
+    for scores, labels, prefix in ((pred_score, gt_label, "image"), (maps.ravel(), masks.ravel(), "pixel")):
+        predicted = np.asarray(scores) >= result[f"{prefix}_threshold"]
+        assert f1_score(np.asarray(labels).astype(bool), predicted) == pytest.approx(result[f"{prefix}_f1_max"], abs=1e-9)
 
 
 # ------------------------------------------------------------------ exact AUPRO

@@ -129,16 +129,22 @@ def test_overwrite_replaces_a_different_run(smoke_cfg, tmp_path):
                   progress=False)
     assert (tmp_path / "stage1_epoch1.safetensors").is_file() and len(first.history) > 0
     (tmp_path / "notes.txt").write_text("mine")  # a user's file survives
-    # nothing to train in the new config: it only records the initial adapters, quickly
-    untrained = smoke_cfg.replace({"runtime.save_path": str(tmp_path), "stage1.enabled": False, "stage2.enabled": False})
+    other = smoke_cfg.replace({"runtime.save_path": str(tmp_path), "stage1.enabled": False, "stage2.epochs": 1})
     with pytest.raises(AAClipError, match="stage1.enabled"):
-        train(untrained, progress=False)
-    second = train(untrained, progress=False, overwrite=True)
-    assert not second.cached and second.history == []
+        train(other, progress=False)
+    second = train(other, progress=False, overwrite=True)
+    assert not second.cached and {h["stage"] for h in second.history} == {2}
     assert not (tmp_path / "stage1_epoch1.safetensors").exists() and not (tmp_path / "stage1_epoch1.json").exists()
     last = read_meta(tmp_path)
-    assert last["config"]["stage1"]["enabled"] is False and last["finished"] and last["stage"] == 0
+    assert last["config"]["stage1"]["enabled"] is False and last["finished"] and last["stage"] == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_config_that_trains_nothing_is_refused_before_any_work(smoke_cfg, tmp_path):
+    nothing = smoke_cfg.replace({"runtime.save_path": str(tmp_path / "run"), "stage1.epochs": 0, "stage2.enabled": False})
+    with pytest.raises(AAClipError, match="no stage would train"):
+        train(nothing, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

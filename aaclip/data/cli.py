@@ -23,7 +23,10 @@ def add_parsers(subparsers) -> None:
     prepare.add_argument("dataset", help="a dataset name (case-insensitive, e.g. mvtec, visa) or 'folder'")
     prepare.add_argument("--root", type=Path, required=True, help="the dataset's original tree")
     prepare.add_argument("--out", type=Path, help="where full-shot.jsonl goes (default: --root)")
-    prepare.add_argument("--strict", action="store_true", help="fail when counts differ from the expected split")
+    prepare.add_argument("--strict", action="store_true",
+                         help="fail when classes are missing or counts differ from the expected split (default: warn)")
+    prepare.add_argument("--allow-one-label", action="store_true",
+                         help="folder only: keep classes with only normal or only anomalous images")
     prepare.add_argument(
         "--name", help="folder only: dataset name, and class name of a one-class tree (default: the root's name)"
     )
@@ -47,12 +50,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     from aaclip.data.converters import CountMismatchWarning, prepare_dataset
 
     is_folder = args.dataset.lower() == "folder"
-    if not is_folder and (args.name or args.domain):
-        raise AAClipError("--name and --domain describe your own data: use them with 'aaclip prepare folder'")
+    if not is_folder and (args.name or args.domain or args.allow_one_label):
+        raise AAClipError("--name, --domain and --allow-one-label describe your own data: use them with 'aaclip prepare folder'")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CountMismatchWarning)  # printed below, one line each
         result = prepare_dataset(
-            args.dataset, args.root, args.out, args.strict, args.name, args.domain or "industrial", progress=True
+            args.dataset, args.root, args.out, args.strict, args.name, args.domain or "industrial", progress=True,
+            allow_one_label=args.allow_one_label,
         )
     for line in result.mismatches:
         print(f"warning: {line}", file=sys.stderr)
@@ -60,7 +64,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     anomalous = sum(a for _, a in result.counts.values())
     print(f"wrote {result.path}: {len(result.counts)} classes, {normal} normal / {anomalous} anomalous images")
     if result.info.layout == "folder":
-        print(f"prompt names (edit them in {result.path.parent / 'dataset.json'}): {result.info.prompt_names}")
+        masks = "with masks" if result.info.has_masks else "no masks: pixel metrics will be undefined"
+        print(f"{masks}; prompt names (edit them in {result.path.parent / 'dataset.json'}): {result.info.prompt_names}")
     return 0
 
 

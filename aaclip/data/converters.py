@@ -11,8 +11,12 @@ One reader per layout, each returning the test split as (origin, record) pairs:
   `<root>/test/good` or `<root>/good` + defect folders; masks optional in `ground_truth/<defect>/`
   as `<name>_mask.*` or `<name>.*`, but then for every defect image.
 
-`prepare_dataset` runs the reader, checks every file (readable, mask size = image size), compares
-the per-class counts with the registry's expected sizes and only then writes the metadata.
+`prepare_dataset` runs the reader, decodes every file once (readable, mask size = image size),
+compares the per-class counts with the registry's expected sizes and only then writes the metadata.
+A dataset whose classes come one folder each (MVTec-AD is distributed one archive per class) is
+converted with the classes that are present, the others named in a warning (`strict`: an error).
+A user's folder must give every class normal and anomalous images (image metrics need both), and
+mask-like folders that the layout does not read are named, so that no mask is dropped silently.
 """
 
 from __future__ import annotations
@@ -63,23 +67,28 @@ def prepare_dataset(
     dataset_name: str | None = None,
     domain: str = "industrial",
     progress: bool = False,
+    allow_one_label: bool = False,
 ) -> PrepareResult:
     """Convert the original tree at `root` and write `<out>/full-shot.jsonl` (out defaults to root).
 
     `name` is a registered dataset or `folder` (then `dataset_name`, default the root's folder
     name, and `domain` describe the user's data, recorded in `dataset.json`). Count differences
-    warn (`CountMismatchWarning`), or raise with `strict`. Nothing is written on any error.
-    Paths in the metadata are relative to `root`; when `out` is elsewhere they are absolute.
+    and classes left out warn (`CountMismatchWarning`), or raise with `strict`. A user's class
+    with only normal or only anomalous images is an error unless `allow_one_label`. Nothing is
+    written on any error. Paths in the metadata are relative to `root`; when `out` is elsewhere
+    they are absolute.
     """
     root = Path(root)
     if not root.is_dir():
         raise AAClipError(f"dataset root not found: {root}")
     info, conversion = convert(name, root, dataset_name, domain)
-    problems = check_records(conversion.entries, root, masks_required=info.has_masks, progress=progress)
+    problems = check_records(conversion.entries, root, masks_required=info.has_masks, progress=progress, decode=True)
     if problems:
         raise LayoutError(problems, f"{info.name} tree {root}")
     records = [record for _, record in conversion.entries]
     counts = count_labels(records)
+    if info.layout == "folder" and not allow_one_label:
+        _refuse_one_label(info, root, counts)
     mismatches = conversion.skipped + compare_counts(info, counts)
     _report_mismatches(info, root, mismatches, strict)
     path = _write(Path(out) if out is not None else root, root, info, records)
@@ -148,7 +157,7 @@ def convert_visa(root: Path, info: DatasetInfo) -> Conversion:
     path = root / VISA_CSV
     if not path.is_file():
         raise LayoutError([f"{path}: file not found"], f"{info.name} tree {root}")
-    entries, problems, unknown = [], [], {}
+    entries, problems, unknown, absent = [], [], {}, {}
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
@@ -163,6 +172,8 @@ def convert_visa(root: Path, info: DatasetInfo) -> Conversion:
                 continue  # a train row
             elif record["class_name"] not in info.classes:
                 unknown[record["class_name"]] = unknown.get(record["class_name"], 0) + 1
+            elif not (root / record["class_name"]).is_dir():
+                absent[record["class_name"]] = absent.get(record["class_name"], 0) + 1
             else:
                 entries.append((origin, record))
     _raise_if(problems, info, root)
@@ -170,6 +181,11 @@ def convert_visa(root: Path, info: DatasetInfo) -> Conversion:
         f"{path}: object {obj!r} ({n} test rows) is not a {info.name} class: skipped"
         for obj, n in unknown.items()
     ]
+    if absent:
+        skipped.append(f"{len(absent)} classes of {path.name} have no folder under {root}, left out: {', '.join(absent)}")
+    if not entries and not problems:
+        problems.append(f"{path}: no test row of a class whose folder is under {root}")
+    _raise_if(problems, info, root)
     return Conversion(entries, skipped)
 
 
@@ -209,8 +225,36 @@ def convert_folder(root: Path, name: str, domain: str = "industrial") -> tuple[D
         raise LayoutError(problems, f"{name} tree {root}")
     classes = sorted({r["class_name"] for _, r in entries})
     has_masks = bool(anomalous) and not unmasked
-    info = custom_info(name, {c: c.replace("_", " ") for c in classes}, domain, has_masks)
-    return info, Conversion(entries)
+    info = custom_info(name, {c: c.replace("_", " ") for c in classes}, domain, has_masks,
+                       made_by=f"aaclip prepare folder --root {root}")
+    used = {(root / r["mask_path"]).parent.resolve() for _, r in entries if "mask_path" in r}
+    return info, Conversion(entries, unused_mask_folders(root, used))
+
+
+MASK_FOLDER_NAMES = {"mask", "masks", "gt", "ground_truth", "groundtruth", "label", "labels", "annotation",
+                     "annotations", "segmentation", "segmentations"}
+
+
+def unused_mask_folders(root: Path, used: set[Path]) -> list[str]:
+    """Folders whose name says masks but from which no mask was read: said, never silently dropped."""
+    lines = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir() and p.name.lower() in MASK_FOLDER_NAMES):
+        inside = [d for d in used if d == folder.resolve() or folder.resolve() in d.parents]
+        if not inside and any(_images(folder) or [q for q in folder.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES]):
+            lines.append(f"folder {folder} looks like masks but none was read from it: masks belong in "
+                         "<class>/ground_truth/<defect>/<name>_mask.png (or <name>.png)")
+    return lines
+
+
+def _refuse_one_label(info: DatasetInfo, root: Path, counts: dict[str, tuple[int, int]]) -> None:
+    """Image metrics need normal and anomalous images in every class: say which class lacks which."""
+    lacking = [f"class {c!r}: {n} normal and {a} anomalous images" for c, (n, a) in counts.items() if not (n and a)]
+    if lacking:
+        raise LayoutError(
+            [*lacking, "image AUROC, AP and F1 need both kinds: add images to good/ or a defect folder, or pass "
+             "--allow-one-label to keep such classes (their image metrics are then undefined)"],
+            f"{info.name} tree {root}",
+        )
 
 
 CONVERTERS = {
@@ -224,18 +268,23 @@ CONVERTERS = {
 
 # ---------------------------------------------------------------------------- tree helpers
 def _per_class_trees(root: Path, info: DatasetInfo, normal: str, mask_stems) -> Conversion:
+    """One folder per class; the classes present are converted and the missing ones named."""
     problems: list[str] = []
-    entries = []
+    entries, missing = [], []
     for class_name in info.classes:
         class_dir = root / class_name
         if not class_dir.is_dir():
-            problems.append(f"class folder not found: {class_dir}")
+            missing.append(class_name)
             continue
         test_dir, mask_dir = class_dir / "test", class_dir / "ground_truth"
         entries += _defect_tree(root, test_dir, mask_dir, class_name, normal, mask_stems, True, problems)
+    if len(missing) == len(info.classes):
+        problems.append(f"no {info.name} class folder under {root} (expected some of {', '.join(info.classes)})")
     _raise_if(problems, info, root)
     extra = [d.name for d in _subdirs(root) if d.name not in info.classes and (d / "test").is_dir()]
     skipped = [f"folder {root / d!s} is not a {info.name} class: skipped" for d in extra]
+    if missing:
+        skipped.append(f"{len(missing)} of {len(info.classes)} classes not under {root}, left out: {', '.join(missing)}")
     return Conversion(entries, skipped)
 
 
@@ -248,6 +297,8 @@ def _defect_tree(root, test_dir, mask_dir, class_name, normal, mask_stems, masks
     for defect_dir in _subdirs(test_dir):
         if defect_dir.name == normal or defect_dir == mask_dir:
             continue
+        if not masks_required and defect_dir.name.lower() in MASK_FOLDER_NAMES:
+            continue  # a user's masks in the wrong place are not a defect type: `unused_mask_folders` says so
         if masks_required or (mask_dir / defect_dir.name).is_dir():
             entries += _masked_entries(root, defect_dir, mask_dir / defect_dir.name, class_name, mask_stems, problems)
         else:

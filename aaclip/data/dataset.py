@@ -110,6 +110,8 @@ def load_dataset(
     """The dataset `name` under `data_root` (full split or `<shot>-shot`), metadata validated first."""
     info = get_dataset(name, data_root)
     path = metadata_path(data_root, name, shot)
+    if path.is_dir():
+        raise AAClipError(f"{path} is a folder, not a metadata file: {_how_to_make(info, shot)}")
     if not path.is_file():
         raise AAClipError(f"{path} not found: {_how_to_make(info, shot)}")
     records = validate_metadata(path, path.parent, masks_required=info.has_masks)
@@ -142,6 +144,11 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     image = _open(path, "image")
     rgb = _to_rgb(image).resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) at the image's own size, any mode made RGB as the model's input is."""
+    return np.asarray(_to_rgb(_open(path, "image")))
 
 
 def load_mask(path: Path, size: int) -> torch.Tensor:

@@ -71,17 +71,23 @@ def validate_metadata(
 
 
 def check_records(
-    entries: list[tuple[str, dict]], root: Path, masks_required: bool = True, progress: bool = False
+    entries: list[tuple[str, dict]], root: Path, masks_required: bool = True, progress: bool = False,
+    decode: bool = False,
 ) -> list[str]:
-    """Problems of (origin, record) pairs against the files under `root`; [] when all is well."""
+    """Problems of (origin, record) pairs against the files under `root`; [] when all is well.
+
+    Headers are read always; with `decode` every image and mask is decoded in full too, so that a
+    truncated file is found here and not after a model has loaded (`aaclip prepare` does this once).
+    """
     problems = []
     first_seen: dict[str, str] = {}
-    for origin, record in tqdm(entries, desc="checking files", unit="image", disable=not progress):
+    desc = "decoding images" if decode else "checking files"
+    for origin, record in tqdm(entries, desc=desc, unit="image", disable=not progress):
         image = record["image_path"]
         if image in first_seen:
             problems.append(f"{origin}: duplicate image_path {image!r} (first at {first_seen[image]})")
         first_seen.setdefault(image, origin)
-        problems += [f"{origin}: {message}" for message in _file_problems(record, root, masks_required)]
+        problems += [f"{origin}: {message}" for message in _file_problems(record, root, masks_required, decode)]
     return problems
 
 
@@ -101,6 +107,8 @@ def image_size(path: Path) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------- internals
 def _parse(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    if path.is_dir():
+        raise MetadataError([f"{path}: a folder, not a metadata file (one JSON object per line)"], str(path))
     if not path.is_file():
         raise MetadataError([f"{path}: file not found"], str(path))
     entries, problems = [], []
@@ -143,14 +151,14 @@ def _parse_line(line: bytes) -> tuple[dict | None, list[str]]:
     return (None if problems else record), problems
 
 
-def _file_problems(record: dict, root: Path, masks_required: bool) -> list[str]:
-    image_size_, problems = _readable_size(root, record["image_path"], "image")
+def _file_problems(record: dict, root: Path, masks_required: bool, decode: bool = False) -> list[str]:
+    image_size_, problems = _readable_size(root, record["image_path"], "image", decode)
     mask = record.get("mask_path")
     if mask is None:
         if record["label"] == 1 and masks_required:
             problems.append(f"anomalous image {record['image_path']!r} has no mask_path")
         return problems
-    mask_size, mask_problems = _readable_size(root, mask, "mask")
+    mask_size, mask_problems = _readable_size(root, mask, "mask", decode)
     problems += mask_problems
     if image_size_ and mask_size and image_size_ != mask_size:
         problems.append(
@@ -159,14 +167,18 @@ def _file_problems(record: dict, root: Path, masks_required: bool) -> list[str]:
     return problems
 
 
-def _readable_size(root: Path, rel: str, kind: str) -> tuple[tuple[int, int] | None, list[str]]:
+def _readable_size(root: Path, rel: str, kind: str, decode: bool = False) -> tuple[tuple[int, int] | None, list[str]]:
     path = root / rel
     if not path.is_file():
         return None, [f"{kind} not found: {path}"]
     try:
+        if decode:
+            with Image.open(path) as image:
+                image.load()  # every pixel: a truncated file fails here
+                return image.size, []
         return image_size(path), []
-    except (UnidentifiedImageError, OSError) as err:
-        return None, [f"{kind} is not a readable image: {path} ({err.__class__.__name__})"]
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return None, [f"{kind} is not a readable image: {path} ({err.__class__.__name__}: {err})"]
 
 
 def _ordered(record: dict) -> dict:

@@ -133,21 +133,65 @@ def check_backbone(meta: dict, backbone, source) -> None:
         )
 
 
-def load_run(path, root: str | None = None, device: str = "cpu"):
+def locate_backbone(meta: dict, run_cfg: Config, root: str | None, pretrained: str | None, source) -> str:
+    """Where the run's backbone is now, found by content: `pretrained` if given, else where it was
+    recorded (as an absolute path, then as configured, under `root` and under the run's data root).
+
+    Returns the location to build it from; raises naming the expected sha256 and every place looked.
+    """
+    from aaclip.backbone import resolve_weights
+
+    stored = meta.get("model", {})
+    expected = stored.get("weights_sha256")
+    if expected is None:  # random weights, or an open_clip tag that open_clip resolves itself
+        return pretrained or run_cfg.model.pretrained
+    candidates = [pretrained] if pretrained else [stored.get("weights_location"), run_cfg.model.pretrained]
+    roots = list(dict.fromkeys(r for r in (root, run_cfg.runtime.data_root) if r))
+    looked = []
+    for candidate in filter(None, candidates):
+        for base in roots or ["."]:
+            try:
+                weights = resolve_weights(run_cfg.model.backbone, candidate, base)
+            except AAClipError as err:
+                looked.append(f"{candidate} under {base}: {err}")
+                continue
+            if weights.sha256 == expected:
+                return weights.location
+            looked.append(f"{weights.file}: sha256 {weights.sha256}")
+    given = "the --pretrained you gave" if pretrained else "the run's recorded backbone"
+    raise CheckpointError(
+        f"{source} was trained with backbone weights sha256 {expected}, and {given} is not that file:\n  "
+        + "\n  ".join(dict.fromkeys(looked))
+        + "\npass --pretrained PATH (a .safetensors file or open_clip folder with exactly these weights)"
+    )
+
+
+def load_run(path, root: str | None = None, pretrained: str | None = None, device: str = "cpu",
+             require_finished: bool = True):
     """Rebuild AA-CLIP from a checkpoint -> (model in eval mode, the run's config).
 
-    The model is built from the run's own model config (its backbone looked up under `root`,
-    default the run's data root) and must match what was trained: the backbone's weights by
-    content (`check_backbone`) and every adapter tensor by name and shape.
+    The model is built from the run's own model config, its backbone found by content
+    (`locate_backbone`: `pretrained`, a file or folder, if given), and must match what was trained:
+    the backbone's weights by sha256 and every adapter tensor by name and shape. An interrupted run
+    is refused unless `require_finished=False`. The returned config says where the backbone was found.
     """
+    from dataclasses import replace
+
     from aaclip.model import AAClip
 
     checkpoint = read_checkpoint(path)
-    run_cfg = checkpoint.config
-    model = AAClip.from_config(run_cfg.model, root=root or run_cfg.runtime.data_root, device=device)
-    check_backbone(checkpoint.meta, model.backbone, checkpoint.path)
+    meta, run_cfg = checkpoint.meta, checkpoint.config
+    if require_finished and not meta.get("finished"):
+        raise CheckpointError(
+            f"{checkpoint.path}: the run stopped at stage {meta.get('stage')} epoch {meta.get('epoch')} before it "
+            "finished; run the same `aaclip train` command again to resume it"
+        )
+    location = locate_backbone(meta, run_cfg, root, pretrained, checkpoint.path)
+    model_cfg = replace(run_cfg.model, pretrained=location)
+    model = AAClip.from_config(model_cfg, root=root or run_cfg.runtime.data_root, device=device)
+    check_backbone(meta, model.backbone, checkpoint.path)
     model.load_adapter_state_dict(checkpoint.adapters, source=str(checkpoint.path))
-    return model.eval(), run_cfg
+    return model.eval(), run_cfg.replace({"model.pretrained": location})
 
 
 # ---------------------------------------------------------------------------------- optimiser state

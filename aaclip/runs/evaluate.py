@@ -26,7 +26,7 @@ from aaclip.batch import Batch
 from aaclip.errors import AAClipError
 from aaclip.io import atomic_path, write_json, write_text
 from aaclip.metrics import AUPRO_TITLES, METRIC_NAMES, METRIC_TITLES
-from aaclip.runs.inference import Method, predict
+from aaclip.runs.inference import Method, normalized, predict
 
 PREDICTIONS_FORMAT = "aaclip-predictions/1"
 CLASS_PROMPT = "a photo of a {}."  # zero-shot class recognition, CLIP's own protocol
@@ -43,13 +43,17 @@ class TestResult:
     normalize: str
     aupro: str
     metric_resolution: str
-    per_class: dict[str, dict]  # class -> metric name -> value (NaN where undefined)
+    per_class: dict[str, dict]  # class -> metric name -> value (NaN where undefined), and the F1-max thresholds
     means: dict[str, float]  # unweighted over classes, NaN left out (book:protocol-metrics)
     counts: dict[str, int]  # classes behind each mean
     n_images: int
     seconds: float  # inference wall time (features and scoring)
     device: str
     checkpoint: str | None = None
+    has_masks: bool = True  # False: the dataset has no masks, so no pixel metric can be defined
+    prompt_names: dict = field(default_factory=dict)  # class -> the name its prompts used
+    other: "TestResult | None" = None  # the same predictions under the other normalisation
+    images: list[dict] = field(default_factory=list, repr=False)  # one row per image (IMAGE_COLUMNS)
     predictions: Batch | None = field(default=None, repr=False)  # with keep_predictions
 
     @property
@@ -62,12 +66,33 @@ class TestResult:
         document.update(
             counts=dict(self.counts), n_classes=self.n_classes, aupro=self.aupro,
             per_class={c: {n: _json_float(m.get(n, math.nan)) for n in METRIC_NAMES} for c, m in self.per_class.items()},
-            dataset=self.dataset, method=self.method, baseline=self.method == "CLIP", normalize=self.normalize,
-            metric_resolution=self.metric_resolution, checkpoint=self.checkpoint, n_images=self.n_images,
-            ms_per_image=1000.0 * self.seconds / max(self.n_images, 1), device=self.device,
-            aaclip_version=__version__,
+            thresholds=self.thresholds(), dataset=self.dataset, method=self.method, baseline=self.method == "CLIP",
+            normalize=self.normalize, metric_resolution=self.metric_resolution, has_masks=self.has_masks,
+            prompt_names=dict(self.prompt_names),
+            checkpoint=self.checkpoint, n_images=self.n_images, ms_per_image=1000.0 * self.seconds / max(self.n_images, 1),
+            device=self.device, aaclip_version=__version__,
         )  # fmt: skip
+        if self.other is not None:
+            other = self.other
+            document["other_normalization"] = {
+                "normalize": other.normalize, "means": {n: _json_float(other.means[n]) for n in METRIC_NAMES},
+                "counts": dict(other.counts), "thresholds": other.thresholds(),
+            }  # fmt: skip
         return document
+
+    def thresholds(self) -> dict:
+        """Per class, the image and pixel F1-max thresholds of these scores (a score at or above is anomalous)."""
+        return {c: {k: _json_float(m.get(k, math.nan)) for k in THRESHOLDS} for c, m in self.per_class.items()}
+
+
+THRESHOLDS = ("image_threshold", "pixel_threshold")
+OTHER_NORMALIZATION = {"transductive": "inductive", "inductive": "transductive"}
+IMAGE_COLUMNS = ("image_path", "class_name", "gt_label", "pred_score", "pred_label", "threshold", "max_anomaly")
+NORMALIZATION_NOTES = {
+    "transductive": "min-max per class over all the test images of the class (the released protocol): "
+                    "a score depends on the other test images, so it needs the whole test set",
+    "inductive": "fixed transforms of each image's own map and score: it scores one image alone, as `aaclip predict` does",
+}  # fmt: skip
 
 
 def evaluate(
@@ -79,30 +104,46 @@ def evaluate(
     save_predictions: bool = False,
     keep_predictions: bool = False,
     checkpoint: str | None = None,
+    both_normalizations: bool = False,
     progress: bool = True,
 ) -> TestResult:
     """Per-class metrics (`aaclip.metrics.evaluate_class`) of `method` on an AnomalyDataset.
 
-    With `out_dir`, writes the result files (and predictions.npz with `save_predictions`);
-    `keep_predictions` returns the predictions in `TestResult.predictions` too.
+    With `both_normalizations`, the same predictions are also measured under the other
+    normalisation (`TestResult.other`). With `out_dir`, writes the result files (and
+    predictions.npz with `save_predictions`); `keep_predictions` returns the predictions in
+    `TestResult.predictions` too.
     """
     model.eval()
-    per_class, parts, timing = {}, [], {"seconds": 0.0}
+    modes = [eval_cfg.normalize] + ([OTHER_NORMALIZATION[eval_cfg.normalize]] if both_normalizations else [])
+    per_class = {mode: {} for mode in modes}
+    images = {mode: [] for mode in modes}
+    parts, timing = [], {"seconds": 0.0}
     for name in dataset.class_names:
         preds = predict(model, dataset.subset(dataset.indices_of(name)), method, eval_cfg, progress, timing)
-        anomaly_map, gt_mask = preds.anomaly_map, preds.gt_mask
-        if eval_cfg.metric_resolution == "original":
-            anomaly_map, gt_mask = original_resolution(preds, dataset)
-        per_class[name] = metrics.evaluate_class(preds.pred_score, preds.gt_label, anomaly_map, gt_mask, eval_cfg.aupro)
+        for mode in modes:
+            mode_preds = preds if mode == eval_cfg.normalize else normalized(preds, mode, dataset.info.domain, len(model.levels))
+            anomaly_map, gt_mask = mode_preds.anomaly_map, mode_preds.gt_mask
+            if eval_cfg.metric_resolution == "original":
+                anomaly_map, gt_mask = original_resolution(mode_preds, dataset)
+            values = metrics.evaluate_class(mode_preds.pred_score, mode_preds.gt_label, anomaly_map, gt_mask, eval_cfg.aupro)
+            per_class[mode][name] = values
+            images[mode] += image_rows(mode_preds, values["image_threshold"])
         if save_predictions or keep_predictions:
             parts.append(preds)
-    summary = metrics.summarize(per_class)
-    result = TestResult(
-        dataset=dataset.info.name, method=method.name, normalize=eval_cfg.normalize, aupro=eval_cfg.aupro,
-        metric_resolution=eval_cfg.metric_resolution, per_class=per_class, means=summary["means"],
-        counts=summary["counts"], n_images=len(dataset), seconds=timing["seconds"], device=str(model.device),
-        checkpoint=checkpoint, predictions=Batch.collate(parts) if parts else None,
-    )  # fmt: skip
+    results = [
+        TestResult(
+            dataset=dataset.info.name, method=method.name, normalize=mode, aupro=eval_cfg.aupro,
+            metric_resolution=eval_cfg.metric_resolution, per_class=per_class[mode],
+            **_means(per_class[mode]), n_images=len(dataset), seconds=timing["seconds"], device=str(model.device),
+            checkpoint=checkpoint, has_masks=dataset.info.has_masks, images=images[mode],
+            prompt_names={c: dataset.info.prompt_names[c] for c in dataset.class_names},
+        )  # fmt: skip
+        for mode in modes
+    ]
+    result = results[0]
+    result.other = results[1] if both_normalizations else None
+    result.predictions = Batch.collate(parts) if parts else None
     if out_dir is not None:
         write_results(out_dir, result)
         if save_predictions:
@@ -111,6 +152,24 @@ def evaluate(
     if not keep_predictions:
         result.predictions = None
     return result
+
+
+def _means(per_class: dict) -> dict:
+    summary = metrics.summarize(per_class)
+    return {"means": summary["means"], "counts": summary["counts"]}
+
+
+def image_rows(preds: Batch, threshold: float) -> list[dict]:
+    """One row per image: its score, the label at the class's F1-max threshold, and the map's maximum."""
+    labels = preds.labels()
+    maxima = preds.anomaly_map.reshape(len(preds), -1).max(axis=1)
+    rows = []
+    for i, (path, class_name) in enumerate(zip(preds.image_path, preds.class_name)):
+        score = float(preds.pred_score[i])
+        label = "" if threshold != threshold else int(score >= threshold)
+        rows.append({"image_path": path, "class_name": class_name, "gt_label": int(labels[i]), "pred_score": score,
+                     "pred_label": label, "threshold": threshold, "max_anomaly": float(maxima[i])})
+    return rows
 
 
 @torch.no_grad()
@@ -187,12 +246,13 @@ def original_resolution(preds: Batch, dataset) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------------------- result files
 def write_results(out_dir, result: TestResult) -> dict[str, Path]:
-    """per_class.csv, summary.json and summary.md in out_dir, each atomically; all rendered first."""
-    summary = {"means": result.means, "counts": result.counts, "n_classes": result.n_classes}
+    """per_class.csv, summary.json, summary.md (read it first) and predictions.csv (one row per image) in
+    out_dir, each atomically; all rendered before any file is touched."""
     texts = {
-        "per_class.csv": _per_class_csv(result.per_class, summary),
+        "per_class.csv": _per_class_csv(result),
         "summary.json": json.dumps(result.summary(), indent=2, allow_nan=False) + "\n",
-        "summary.md": _markdown_table(result.per_class, summary, result.aupro),
+        "summary.md": _markdown(result),
+        "predictions.csv": _images_csv(result),
     }
     out_dir = Path(out_dir)
     return {name: write_text(out_dir / name, text) for name, text in texts.items()}
@@ -203,13 +263,33 @@ def _json_float(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _per_class_csv(per_class: dict[str, dict], summary: dict) -> str:
+def _per_class_csv(result: TestResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["class_name", *METRIC_NAMES])
-    for name, values in per_class.items():
+    for name, values in result.per_class.items():
         writer.writerow([name, *(repr(float(values.get(m, math.nan))) for m in METRIC_NAMES)])
-    writer.writerow(["mean", *(repr(float(summary["means"][m])) for m in METRIC_NAMES)])
+    writer.writerow(["mean", *(repr(float(result.means[m])) for m in METRIC_NAMES)])
+    return buffer.getvalue()
+
+
+def _images_csv(result: TestResult) -> str:
+    """Per image: the primary normalisation's score and label, then the other's (when measured)."""
+    other = {row["image_path"]: row for row in (result.other.images if result.other else [])}
+    columns = list(IMAGE_COLUMNS)
+    if result.other is not None:
+        mode = result.other.normalize
+        columns += [f"{mode}_pred_score", f"{mode}_pred_label", f"{mode}_threshold"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in result.images:
+        extra = other.get(row["image_path"], {})
+        if result.other is not None:
+            mode = result.other.normalize
+            row = {**row, f"{mode}_pred_score": extra.get("pred_score"), f"{mode}_pred_label": extra.get("pred_label"),
+                   f"{mode}_threshold": extra.get("threshold")}
+        writer.writerow({k: "" if v is None or v != v else v for k, v in row.items()})
     return buffer.getvalue()
 
 
@@ -218,22 +298,50 @@ def _percent(value) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _markdown_table(per_class: dict[str, dict], summary: dict, aupro: str) -> str:
+def _metric_table(per_class: dict[str, dict], means: dict, counts: dict, aupro: str) -> list[str]:
     titles = [METRIC_TITLES[m] if m != "pixel_aupro" else AUPRO_TITLES[aupro] for m in METRIC_NAMES]
-    rows = [
-        "| class | " + " | ".join(titles) + " |",
-        "|---|" + "---:|" * len(titles),
-    ]
+    rows = ["| class | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
     for name, values in per_class.items():
         rows.append(f"| {name} | " + " | ".join(_percent(values.get(m, math.nan)) for m in METRIC_NAMES) + " |")
-    n = summary["n_classes"]
-    rows.append("| **mean** | " + " | ".join(f"**{_percent(summary['means'][m])}**" for m in METRIC_NAMES) + " |")
-    rows.append("| classes in mean | " + " | ".join(f"{summary['counts'][m]}/{n}" for m in METRIC_NAMES) + " |")
-    note = ("Values in %. Mean = unweighted mean over classes; a metric undefined for a class "
-            "(one label only) is shown as – and left out of the mean (book:protocol-metrics).")
-    if aupro == "legacy":
-        note += " AUPRO is the legacy definition (200 thresholds, rescaled FPR < 0.3), not the MVTec one."
-    return "\n".join(rows) + "\n\n" + note + "\n"
+    n = len(per_class)
+    rows.append("| **mean** | " + " | ".join(f"**{_percent(means[m])}**" for m in METRIC_NAMES) + " |")
+    rows.append("| classes in mean | " + " | ".join(f"{counts[m]}/{n}" for m in METRIC_NAMES) + " |")
+    return rows
+
+
+def _markdown(result: TestResult) -> str:
+    """summary.md: what was measured, the per-class table, both normalisations, and why a cell is empty."""
+    lines = [
+        f"# {result.method} on {result.dataset}",
+        "",
+        f"{result.n_images} images in {result.n_classes} classes; checkpoint: {result.checkpoint or 'none (plain CLIP)'}.",
+        f"Normalisation **{result.normalize}**: {NORMALIZATION_NOTES[result.normalize]}.",
+        "",
+        *_metric_table(result.per_class, result.means, result.counts, result.aupro),
+        "",
+    ]
+    if result.other is not None:
+        other = result.other
+        lines += [
+            f"## The same predictions, {other.normalize}",
+            "",
+            f"{NORMALIZATION_NOTES[other.normalize].capitalize()}. Pixel metrics are the same in both modes "
+            "(a per-class monotone map changes no ranking within a class); image metrics can differ.",
+            "",
+            *_metric_table(other.per_class, other.means, other.counts, other.aupro),
+            "",
+        ]
+    empty = "no masks: this dataset has none, so no pixel metric is defined" if not result.has_masks else (
+        "one label only: the class has no normal or no anomalous images (or, for pixel metrics, no defect pixels)")
+    lines += [
+        "Values in %. Mean = unweighted mean over classes; a metric undefined for a class is shown as – and left "
+        f"out of the mean (the book's Protocol page, Metrics). Here – means {empty}.",
+        "`predictions.csv` lists every image with its score, the label at its class's image F1-max threshold "
+        "(chosen on these labelled images) and its map's maximum.",
+    ]
+    if result.aupro == "legacy":
+        lines.append("AUPRO is the legacy definition (200 thresholds, rescaled FPR < 0.3), not the MVTec one.")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------- files for the explorer

@@ -142,6 +142,12 @@ def normalized(predictions: Batch, mode: str, domain: str, n_levels: int) -> Bat
 
 
 # ---------------------------------------------------------------------------------- single images
+SCORE_COLUMNS = ("image_path", "relative_path", "pred_score", "pred_label", "threshold", "raw_score", "max_anomaly",
+                 "overlay", "error")
+HEAT_NOTE = ("heat: the inductive map, on one fixed 0-1 scale for every image (not stretched per image): "
+             "the probability the segmentation loss trains, from the mean over levels of the logit difference")
+
+
 def predict_images(
     model,
     method: Method,
@@ -151,61 +157,144 @@ def predict_images(
     domain: str = "industrial",
     batch_size: int = 8,
     precision: str = "auto",
-    vmax: float = 1.0,
+    threshold: float | None = None,
+    checkpoint: str | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """Score images one batch at a time with the inductive normalisation (no test-set statistics).
 
-    Writes `out_dir/scores.csv` and `out_dir/overlays/<name>.png` (colour scale fixed to
-    [0, vmax] of the inductive map, so colours compare across images). An image that cannot be
-    read is reported in its row's `error` and the others are still scored.
-    Returns one row per input image: image_path, pred_score, raw_score, max_anomaly, overlay, error.
+    Writes `out_dir/overlays/<relative path>.png` (each at the image's own size, with a colour bar of
+    the fixed [0, 1] scale and the score in the picture), `scores.csv` (SCORE_COLUMNS, one row per
+    input image; `pred_label` only with a `threshold`) and `summary.md`. Relative paths keep the
+    inputs' own folders, so two images never share an overlay. An image that cannot be read is
+    reported in its row's `error` and the others are still scored.
     """
     from PIL import Image
+    from tqdm.auto import tqdm
 
-    from aaclip.data.dataset import AnomalyDataset
-    from aaclip.viz import denormalize, overlay
+    from aaclip.data.dataset import AnomalyDataset, read_rgb
+    from aaclip.viz import annotated_overlay
 
     backbone = model.backbone
     files = expand_image_paths(paths)
+    relative = relative_names(files, paths)
     out_dir = Path(out_dir)
-    overlay_dir = out_dir / "overlays"
     reader = AnomalyDataset(
         [{"image_path": str(Path(p).resolve()), "label": 0, "class_name": object_name} for p in files],
         root="/", image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
     )  # fmt: skip
     model.eval()
     anchors = anchors_for(model, method, [object_name], precision)[0]
-    rows, used_names = [], set()
+    rows = []
+    bar = tqdm(total=len(files), desc="scoring images", unit="image", disable=not progress)
     for start in range(0, len(files), batch_size):
         batch_rows, images = [], []
         for i in range(start, min(start + batch_size, len(files))):
-            row = {"image_path": str(files[i]), "pred_score": None, "raw_score": None, "max_anomaly": None}
+            row = dict.fromkeys(SCORE_COLUMNS, None) | {"image_path": str(files[i]), "relative_path": relative[i], "error": ""}
             try:
                 images.append(reader[i].image[0])
-                row.update(overlay=None, error="")
             except AAClipError as err:
-                row.update(overlay=None, error=str(err))
+                row["error"] = str(err)
             batch_rows.append(row)
         good = [r for r in batch_rows if not r["error"]]
         if good:
             batch = torch.stack(images).to(model.device)
             raw_map, raw_score = score_batch(model, method, batch, anchors, domain, precision)
             anomaly_map, pred_score = scoring.normalize_inductive(raw_map, raw_score, domain, n_levels=len(model.levels))
-            pictures = denormalize(batch.cpu(), backbone.mean, backbone.std)
-            for row, amap, score, raw, picture in zip(good, anomaly_map, pred_score, raw_score, pictures):
-                name = _unique_name(Path(row["image_path"]).stem, used_names)
-                target = overlay_dir / f"{name}.png"
+            for row, amap, score, raw in zip(good, anomaly_map, pred_score, raw_score):
+                label = None if threshold is None else int(float(score) >= threshold)
+                row.update(pred_score=float(score), pred_label=label, threshold=threshold, raw_score=float(raw),
+                           max_anomaly=float(amap.max()))
+                picture = read_rgb(Path(row["image_path"]))  # the original size: the overlay is drawn on it
+                target = out_dir / "overlays" / Path(row["relative_path"]).with_suffix(".png")
                 with atomic_path(target) as tmp:
-                    Image.fromarray(overlay(picture, amap.cpu().numpy(), vmin=0.0, vmax=vmax)).save(tmp, format="PNG")
-                row.update(
-                    pred_score=float(score),
-                    raw_score=float(raw),
-                    max_anomaly=float(amap.max()),
-                    overlay=str(target.relative_to(out_dir)),
-                )
+                    lines = [score_line(row), HEAT_NOTE.split(":")[0] + ": inductive map, fixed 0-1 scale"]
+                    Image.fromarray(annotated_overlay(picture, amap.cpu().numpy(), lines)).save(tmp, format="PNG")
+                row["overlay"] = str(target.relative_to(out_dir))
         rows += batch_rows
+        bar.update(len(batch_rows))
+    bar.close()
     write_text(out_dir / "scores.csv", _rows_csv(rows))
+    write_text(out_dir / "summary.md", predict_summary(rows, object_name, domain, threshold, checkpoint, backbone))
     return rows
+
+
+def score_line(row: dict) -> str:
+    text = f"score {row['pred_score']:.3f}"
+    if row["threshold"] is not None:
+        verdict = "anomalous" if row["pred_label"] else "normal"
+        text += f": {verdict} (threshold {row['threshold']:.3f})"
+    return text
+
+
+def relative_names(files: list[Path], inputs) -> list[str]:
+    """Each file's path relative to what was given: inside a folder given alone, else below the inputs'
+    common folder. Distinct files keep distinct names, so no overlay overwrites another."""
+    import os
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    given = [Path(p).resolve() for p in inputs]
+    base = given[0] if len(given) == 1 and given[0].is_dir() else Path(os.path.commonpath([g if g.is_dir() else g.parent for g in given]))
+    return [Path(f).resolve().relative_to(base).as_posix() for f in files]
+
+
+def predict_summary(rows: list[dict], object_name: str, domain: str, threshold, checkpoint, backbone) -> str:
+    """summary.md of a predict run: what was scored, with what, how to read the numbers, the highest scores."""
+    scored = sorted((r for r in rows if not r["error"]), key=lambda r: -r["pred_score"])
+    failed = [r for r in rows if r["error"]]
+    lines = [
+        f"# aaclip predict: {len(scored)} of {len(rows)} images scored",
+        "",
+        f"Run: {checkpoint or 'given model'}; backbone {backbone.name}, weights sha256 {backbone.weights.sha256}.",
+        f"Prompts name the images \"{object_name}\"; {domain} domain (its blur and score rule).",
+        "",
+        "Scores are **inductive** (the book's Method page, Normalisation): each image is scored alone, with "
+        "fixed transforms, so a score does not depend on the other images given. `aaclip test` on labelled "
+        "images reports this mode beside the released, transductive one.",
+        f"The overlays' {HEAT_NOTE}.",
+        "",
+    ]
+    if threshold is None:
+        lines.append("No threshold was given, so no image is labelled: pass `--threshold T`, or `--thresholds` with "
+                     "the output of `aaclip test` on labelled images of the same kind.")
+    else:
+        anomalous = sum(r["pred_label"] for r in scored)
+        lines.append(f"Threshold {threshold:.4f}: {anomalous} of {len(scored)} images labelled anomalous.")
+    lines += ["", "| image | score | label | map max | overlay |", "| --- | ---: | --- | ---: | --- |"]
+    for row in scored[:20]:
+        label = "" if row["pred_label"] is None else ("anomalous" if row["pred_label"] else "normal")
+        lines.append(f"| {row['relative_path']} | {row['pred_score']:.4f} | {label} | {row['max_anomaly']:.4f} | {row['overlay']} |")
+    if len(scored) > 20:
+        lines.append(f"\nThe {len(scored) - 20} others: `scores.csv`.")
+    if failed:
+        lines += ["", f"## {len(failed)} images could not be read", ""] + [f"- {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def labelling(threshold: float | None, test_out, object_name: str | None) -> tuple[float | None, str]:
+    """(threshold, object name) for `predict`: as given, or the inductive image F1-max threshold of an
+    `aaclip test` output (the mean over its classes) with the prompt name that threshold was chosen with."""
+    import json
+
+    if threshold is not None and test_out is not None:
+        raise AAClipError("give --threshold or --thresholds, not both")
+    if test_out is None:
+        return threshold, object_name or "object"
+    path = Path(test_out) / "summary.json"
+    if not path.is_file():
+        raise AAClipError(f"--thresholds {test_out}: no summary.json there; give the --out folder of `aaclip test`")
+    summary = json.loads(path.read_text())
+    modes = {summary.get("normalize"): summary.get("thresholds")}
+    other = summary.get("other_normalization") or {}
+    modes[other.get("normalize")] = other.get("thresholds")
+    values = [c["image_threshold"] for c in (modes.get("inductive") or {}).values() if c.get("image_threshold") is not None]
+    if not values:
+        raise AAClipError(f"{path}: no inductive image threshold (its classes need normal and anomalous images)")
+    names = sorted(set((summary.get("prompt_names") or {}).values()))
+    if object_name is not None and names and object_name not in names:
+        raise AAClipError(f"{path}: its threshold was chosen with prompts naming {', '.join(map(repr, names))}; "
+                          f"--object {object_name!r} would score other prompts: drop --object or give that name")
+    return float(np.mean(values)), object_name or (names[0] if len(names) == 1 else "object")
 
 
 def expand_image_paths(paths) -> list[Path]:
@@ -225,19 +314,10 @@ def expand_image_paths(paths) -> list[Path]:
     return files
 
 
-def _unique_name(stem: str, used: set) -> str:
-    name, n = stem, 1
-    while name in used:
-        name, n = f"{stem}_{n}", n + 1
-    used.add(name)
-    return name
-
-
 def _rows_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    columns = ["image_path", "pred_score", "raw_score", "max_anomaly", "overlay", "error"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in SCORE_COLUMNS})
     return buffer.getvalue()

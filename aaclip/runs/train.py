@@ -38,6 +38,14 @@ class TrainingDivergedError(AAClipError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the run stands and how to resume it."""
+
+
+class ResumeWarning(UserWarning):
+    """The run resumes from an earlier checkpoint than `last` (which could not be read)."""
+
+
 @dataclass
 class TrainResult:
     history: list[dict]  # one entry per optimisation step: stage, epoch, step, lr, loss and its parts
@@ -66,19 +74,20 @@ def train(cfg: Config, progress: bool = True, overwrite: bool = False) -> TrainR
     """Train AA-CLIP on `cfg.train.dataset` (stage 1, then stage 2); see the module docstring."""
     from aaclip.data.registry import get_dataset
 
+    cfg.check_training()  # before any work: a config that trains nothing is a mistake, not a run
     get_dataset(cfg.train.dataset, data_root=cfg.runtime.data_root)  # unknown name: lists the choices
     save_path = Path(cfg.runtime.save_path)
     identity = run_identity(cfg)
     previous = _previous_run(save_path, identity, overwrite)
-    if previous is not None and previous.get("finished"):
+    if previous is not None and previous.meta.get("finished"):
         return TrainResult(
-            history=_read_history(save_path, previous["history_len"]),
+            history=_read_history(save_path, previous.meta["history_len"]),
             save_path=save_path,
-            checkpoint=ckpt.checkpoint_file(save_path / "last"),
+            checkpoint=previous.path,
             cached=True,
-            seconds=previous.get("seconds", {}),
+            seconds=previous.meta.get("seconds", {}),
         )
-    return Trainer(cfg, save_path, progress, identity).run(resume=previous is not None)
+    return Trainer(cfg, save_path, progress, identity).run(resume=previous)
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
@@ -125,11 +134,25 @@ class Trainer:
         stage2 = [(2, e) for e in range(1, cfg.stage2.epochs + 1)] if cfg.stage2.enabled else []
         return stage1 + stage2
 
-    def run(self, resume: bool) -> TrainResult:
+    def run(self, resume=None) -> TrainResult:
+        """Train the plan, from the start or from `resume` (the checkpoint `_previous_run` found)."""
+        try:
+            return self._run(resume)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.resume_hint()) from None
+
+    def resume_hint(self) -> str:
+        if self.last_good is None or not self.last_good.get("stage"):
+            return "interrupted before the first epoch finished: run the same command again to start it over"
+        stage, epoch = self.last_good["stage"], self.last_good["epoch"]
+        return (f"interrupted; {self.save_path / 'last.safetensors'} holds stage {stage} epoch {epoch}: run the same "
+                f"command again to resume from there")
+
+    def _run(self, resume) -> TrainResult:
         self.build_model()
         plan, done, resume_from = self.plan(), None, None
-        if resume:
-            resume_from = ckpt.read_checkpoint(self.save_path / "last")
+        if resume is not None:
+            resume_from = ckpt.read_checkpoint(resume.path)
             meta = resume_from.meta
             self.model.load_adapter_state_dict(resume_from.adapters, source=str(resume_from.path))
             done = (meta["stage"], meta["epoch"])
@@ -348,15 +371,38 @@ def check_no_backbone_grads(model, trainable_ids: set[int]) -> None:
             raise AAClipError(f"backbone parameter {name!r} received a gradient: the backbone must be frozen")
 
 
-def _previous_run(save_path: Path, identity: dict, overwrite: bool) -> dict | None:
-    """The metadata of `save_path/last` if it belongs to this experiment; None if there is none."""
+@dataclass
+class Previous:
+    path: Path  # the checkpoint to continue from (`last`, or the newest readable epoch when `last` is damaged)
+    meta: dict
+
+
+def _previous_run(save_path: Path, identity: dict, overwrite: bool) -> Previous | None:
+    """The checkpoint of `save_path` to continue from if it belongs to this experiment; None if there is none.
+
+    A damaged `last` is replaced by the newest readable epoch checkpoint of the same experiment
+    (with a ResumeWarning naming both); with `overwrite` a damaged run is simply removed.
+    """
+    import warnings
+
     last = ckpt.checkpoint_file(save_path / "last")
     if not last.is_file():
         return None
-    meta = ckpt.read_meta(last)
+    try:
+        meta = ckpt.read_meta(last)
+    except ckpt.CheckpointError as err:
+        if overwrite:
+            _remove_run(save_path)
+            return None
+        fallback = _newest_readable_epoch(save_path, identity)
+        if fallback is None:
+            raise AAClipError(f"{err}; no epoch checkpoint of this run can be read either: pass --overwrite "
+                              "(overwrite=True) to start the run again") from None
+        warnings.warn(f"{last} cannot be read ({err}); resuming from {fallback.path.name}", ResumeWarning, stacklevel=3)
+        return fallback
     differing = differences(meta.get("identity", {}), identity)
     if not differing:
-        return meta
+        return Previous(last, meta)
     if overwrite:
         _remove_run(save_path)
         return None
@@ -364,6 +410,25 @@ def _previous_run(save_path: Path, identity: dict, overwrite: bool) -> dict | No
         f"{save_path} holds a run with a different config ({'; '.join(differing[:5])}). Choose another save path, "
         f"or pass overwrite=True (CLI: --overwrite) to replace it"
     )
+
+
+def _newest_readable_epoch(save_path: Path, identity: dict) -> Previous | None:
+    """The latest stage{S}_epoch{E} checkpoint that can be read and belongs to this experiment."""
+    import re
+
+    found = []
+    for file in save_path.glob("stage[12]_epoch*.safetensors"):
+        match = re.fullmatch(r"stage([12])_epoch(\d+)\.safetensors", file.name)
+        if match:
+            found.append(((int(match[1]), int(match[2])), file))
+    for _, file in sorted(found, reverse=True):
+        try:
+            meta = ckpt.read_meta(file)
+        except ckpt.CheckpointError:
+            continue
+        if not differences(meta.get("identity", {}), identity):
+            return Previous(file, meta)
+    return None
 
 
 def _remove_run(save_path: Path) -> None:
