@@ -28,6 +28,7 @@ record, so a moved file is the same backbone and a rebuilt one is another.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import warnings
@@ -99,7 +100,7 @@ def load_backbone(model_cfg, root: str | Path = ".", device: str | torch.device 
         )
     model_id = f"local-dir:{weights.location}" if weights.kind == "folder" else name
     pretrained = {"tag": weights.location, "file": weights.location}.get(weights.kind)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), random_init_seeded(weights.kind == "none"):
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         try:
             clip = open_clip.create_model(
@@ -143,6 +144,18 @@ def load_backbone(model_cfg, root: str | Path = ".", device: str | torch.device 
         text_width=clip.transformer.width,
         embed_dim=visual.output_dim,
     )
+
+
+@contextlib.contextmanager
+def random_init_seeded(active: bool, seed: int = 0):
+    """Random weights ("none") drawn from a fixed seed, without touching the caller's RNG: "none" is then one
+    well-defined backbone, the same in every process, so a run trained on it is scored on it."""
+    if not active:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def resolve_weights(name: str, pretrained: str | None, root: str | Path = ".") -> Weights:

@@ -24,12 +24,12 @@ Two AUPRO definitions (book:protocol-metrics); results say which one was used, a
   area under PRO(FPR) for FPR in [0, 0.3], the curve linearly interpolated at 0.3, / 0.3.
   Each anomalous pixel adds 1 / (regions * region size) to PRO once the threshold reaches
   its score, so the area, too, is a sum over the distinct anomalous scores.
-- "legacy" (`cal_pro_score` of APRIL-GAN/AnomalyCLIP/AA-CLIP, what most CLIP-AD papers
-  report): thresholds min + k (max - min) / 200 for k = 0..199 over the class's scores
-  (rounded to the scores' dtype), a pixel counts when its score is strictly above the
-  threshold; keep points with FPR < 0.3, min-max rescale those FPRs to [0, 1], trapezoid.
-  (The released code builds the thresholds with `np.arange`, which float rounding can make
-  201 long; we always take 200.)
+- "legacy" (`cal_pro_score` of APRIL-GAN and AnomalyCLIP, the AUPRO most CLIP-AD papers
+  report; the released AA-CLIP code computes no AUPRO, and no F1 either): thresholds
+  min + k (max - min) / 200 for k = 0..199 over the class's scores (rounded to the scores'
+  dtype), a pixel counts when its score is strictly above the threshold; keep points with
+  FPR < 0.3, min-max rescale those FPRs to [0, 1], trapezoid. (`cal_pro_score` builds the
+  thresholds with `np.arange`, which float rounding can make 201 long; we always take 200.)
 
 Memory for one class: a copy of the normal scores in their own dtype (sorted in place) and
 about 16 bytes per anomalous pixel; no float64 copy or int64 index of all pixels.
@@ -230,7 +230,7 @@ class _Ranking:
         return self.pro_area / FPR_LIMIT if self.defined else math.nan
 
     def aupro_legacy(self) -> float:
-        """The released `cal_pro_score` (see the module docstring) from the PRO at each threshold."""
+        """APRIL-GAN's and AnomalyCLIP's `cal_pro_score` (see the module docstring) from the PRO at each threshold."""
         if self.legacy_pro is None:
             return math.nan
         keep = self.legacy_fpr < FPR_LIMIT

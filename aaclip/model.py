@@ -24,17 +24,12 @@ from aaclip.backbone import Backbone, load_backbone
 from aaclip.errors import AAClipError
 
 
-def autocast(device: str | torch.device, precision: str = "auto"):
-    """Forward-pass precision (`aaclip.config.PRECISIONS`): auto is bf16 autocast on CUDA, fp32 on CPU.
-
-    `precision="bf16"` also autocasts on CPU (for timing); `"fp32"` never autocasts.
-    """
-    device_type = torch.device(device).type
-    if precision == "auto":
-        precision = "bf16" if device_type == "cuda" else "fp32"
+def autocast(device: str | torch.device, precision: str = "fp32"):
+    """Forward-pass precision (`aaclip.config.PRECISIONS`, book:method-backbone): fp32, as released, never
+    autocasts; bf16 autocasts on the device (CPU too, for timing)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 class ResidualAdapter(nn.Module):

@@ -105,7 +105,7 @@ def ensure_shots(cfg: Config, chosen: list[Ablation], schedule: dict) -> None:
 
 
 def plan_numbers(chosen: list[Ablation], schedule: dict, book) -> dict:
-    recipe = ", ".join(f"{k.split('.')[1]} = {v}" for k, v in schedule.items())
+    recipe = ", ".join(f"{k} = {v}" for k, v in schedule.items())
     return {"n_variants": len(chosen), "n_seeds": len(book.seeds), "recipe": recipe, "ablation_dataset": book.target}
 
 
@@ -122,7 +122,8 @@ def run_all(book, chosen: list[Ablation], schedule: dict) -> pd.DataFrame:
 
 def effect_table(table: pd.DataFrame, chosen: list[Ablation]) -> pd.DataFrame:
     """Per variant: mean ± sd over seeds of each figure, the difference from the reference, whether it
-    exceeds 2 pooled sd, and, where the paper reports an effect, whether the miniature reproduces it."""
+    exceeds 2 pooled sd, and, where the paper reports an effect, whether the miniature reproduces it.
+    With a single seed there is no noise estimate: no difference is marked and no verdict given."""
     stats = table.groupby(["group", "variant"], sort=False)[list(FIGURES)].agg(["mean", "std"])
     reference = stats.iloc[0]
     rows = []
@@ -130,34 +131,43 @@ def effect_table(table: pd.DataFrame, chosen: list[Ablation]) -> pd.DataFrame:
         row = stats.loc[(ablation.group, ablation.name)]
         out = {"group": ablation.group, "variant": ablation.name}
         for metric in FIGURES:
-            mean, sd = row[(metric, "mean")], _sd(row[(metric, "std")])
-            delta = mean - reference[(metric, "mean")]
-            pooled = math.sqrt((sd**2 + _sd(reference[(metric, "std")]) ** 2) / 2)
-            out[metric] = f"{100 * mean:.1f} ± {100 * sd:.1f}"
-            out[f"Δ {metric}"] = f"{100 * delta:+.1f}" + (" *" if abs(delta) > 2 * pooled and ablation.changes else "")
+            mean, sd = row[(metric, "mean")], row[(metric, "std")]
+            delta, noise = difference(row, reference, metric)
+            out[metric] = f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if sd == sd else "")
+            marked = noise is not None and abs(delta) > 2 * noise and ablation.changes
+            out[f"Δ {metric}"] = f"{100 * delta:+.1f}" + (" *" if marked else "")
         out["paper"] = verdict(ablation, row, reference)
         rows.append(out)
     return pd.DataFrame(rows).set_index(["group", "variant"])
+
+
+def difference(row, reference, metric: str) -> tuple[float, float | None]:
+    """(variant mean - reference mean, pooled sd of the two); the sd is None unless both have 2+ seeds."""
+    delta = row[(metric, "mean")] - reference[(metric, "mean")]
+    sds = row[(metric, "std")], reference[(metric, "std")]
+    if any(sd != sd for sd in sds):  # NaN: a single seed
+        return delta, None
+    return delta, math.sqrt((sds[0] ** 2 + sds[1] ** 2) / 2)
 
 
 def verdict(ablation: Ablation, row, reference) -> str:
     """'reproduced', 'not reproduced' or 'within seed noise' for a variant the paper reports on (pixel AUROC)."""
     if not ablation.paper:
         return ""
-    mean, sd = row[("pixel_auroc", "mean")], _sd(row[("pixel_auroc", "std")])
-    delta = mean - reference[("pixel_auroc", "mean")]
-    pooled = math.sqrt((sd**2 + _sd(reference[("pixel_auroc", "std")]) ** 2) / 2)
-    if abs(delta) <= 2 * pooled:
+    delta, noise = difference(row, reference, "pixel_auroc")
+    if noise is None:
+        return f"paper: {ablation.paper}; one seed, no noise estimate"
+    if abs(delta) <= 2 * noise:
         return f"paper: {ablation.paper}; here within seed noise"
     lower = delta < 0
     return f"paper: {ablation.paper}; " + ("reproduced" if lower == (ablation.paper == "lower") else "not reproduced")
 
 
-def _sd(value) -> float:
-    return 0.0 if value != value else float(value)  # one seed: no spread
-
-
 def reference_numbers(table: pd.DataFrame) -> dict:
     ref = table[table["group"] == "reference"]
-    return {"ref_pixel_auroc": float(100 * ref["pixel_auroc"].mean()), "ref_image_auroc": float(100 * ref["image_auroc"].mean()),
-            "ref_pixel_auroc_sd": float(100 * ref["pixel_auroc"].std()), "total_minutes": float(table["train_seconds"].sum() / 60)}
+    return {
+        "ref_pixel_auroc": float(100 * ref["pixel_auroc"].mean()),
+        "ref_image_auroc": float(100 * ref["image_auroc"].mean()),
+        "ref_pixel_auroc_sd": float(100 * ref["pixel_auroc"].std()) if len(ref) > 1 else 0.0,  # one seed: none
+        "total_minutes": float(table["train_seconds"].sum() / 60),
+    }

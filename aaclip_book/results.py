@@ -14,6 +14,7 @@ from aaclip.metrics import METRIC_NAMES, METRIC_TITLES
 from aaclip_book import runs
 
 NORMALIZATIONS = ("transductive", "inductive")
+UNDEFINED = "undefined"  # a metric with no value: image metrics of a set without normal images
 HEADLINE = ("image_auroc", "pixel_auroc", "pixel_aupro")  # the three figures every summary shows
 
 # book:protocol-published: AA-CLIP's published numbers (VisA full shot -> target, the released log;
@@ -53,15 +54,18 @@ def seed_means(results: pd.DataFrame) -> pd.DataFrame:
 def over_seeds(means: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over training seeds of every dataset figure (sd 0 for plain CLIP)."""
     grouped = means.groupby(["dataset", "method", "normalize"], sort=False)[list(METRIC_NAMES)]
-    stats = grouped.agg(["mean", "std"]).fillna(0.0)
+    stats = grouped.agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    for metric in METRIC_NAMES:  # one seed: sd 0; an undefined mean (no normal images) stays undefined
+        defined = stats[f"{metric}_mean"].notna()
+        stats.loc[defined, f"{metric}_std"] = stats.loc[defined, f"{metric}_std"].fillna(0.0)
     return stats.reset_index()
 
 
 def mean_table(stats: pd.DataFrame) -> pd.DataFrame:
     """Every metric as 'mean ± sd' over seeds, in percent; rows (dataset, method, normalisation)."""
     table = stats.set_index(["dataset", "method", "normalize"])
-    shown = {METRIC_TITLES[m]: [f"{100 * a:.1f} ± {100 * b:.1f}" if a == a else "–"
+    shown = {METRIC_TITLES[m]: [f"{100 * a:.1f} ± {100 * b:.1f}" if a == a else UNDEFINED
                                 for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])] for m in METRIC_NAMES}
     return pd.DataFrame(shown, index=table.index)
 
@@ -71,11 +75,13 @@ def seed_table(means: pd.DataFrame, normalize: str = "transductive") -> pd.DataF
     part = means[means["normalize"] == normalize]
     columns = {}
     for metric in HEADLINE:
-        wide = part.pivot_table(index=["dataset", "method"], columns="seed", values=metric, sort=False)
+        # dropna=False keeps a dataset whose image metrics are undefined (a polyp set: no normal images)
+        wide = part.pivot_table(index=["dataset", "method"], columns="seed", values=metric, sort=False, dropna=False)
         for seed in wide.columns:
             columns[(METRIC_TITLES[metric], f"seed {seed}")] = (100 * wide[seed]).round(1)
         columns[(METRIC_TITLES[metric], "mean ± sd")] = [
-            f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(wide.mean(axis=1), wide.std(axis=1).fillna(0.0))
+            f"{100 * m:.1f} ± {100 * s:.1f}" if m == m else UNDEFINED
+            for m, s in zip(wide.mean(axis=1), wide.std(axis=1).fillna(0.0))
         ]
     table = pd.DataFrame(columns)
     table.columns = pd.MultiIndex.from_tuples(table.columns)

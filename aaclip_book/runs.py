@@ -57,10 +57,11 @@ def test_run(cfg: Config, datasets, normalizations=("transductive",), baseline: 
 
     cfg.apply_threads()
     if baseline:  # plain CLIP: nothing to train
-        model, method, train_seconds = AAClip.from_config(cfg.model, cfg.runtime.data_root, cfg.resolve_device()), BASELINE, 0.0
+        model = AAClip.from_config(cfg.model, cfg.runtime.data_root, cfg.resolve_device())
+        method, train_seconds, checkpoint = BASELINE, 0.0, None
     else:
         model, result = trained(cfg, progress)
-        method, train_seconds = Method.of_run(cfg), sum(result.seconds.values())
+        method, train_seconds, checkpoint = Method.of_run(cfg), sum(result.seconds.values()), str(result.checkpoint)
     rows = []
     for name in datasets:
         data = dataset(model, cfg, name)
@@ -68,7 +69,8 @@ def test_run(cfg: Config, datasets, normalizations=("transductive",), baseline: 
             eval_cfg = replace(cfg.eval, normalize=normalize)
             keep = save_predictions and normalize == "transductive" and not baseline
             out = results_dir(cfg, name, method.name, normalize)
-            tested = evaluate(model, data, method, eval_cfg, out_dir=out, save_predictions=keep, progress=progress)
+            tested = evaluate(model, data, method, eval_cfg, out_dir=out, save_predictions=keep,
+                              checkpoint=checkpoint, progress=progress)
             rows += [{"run": cfg.runtime.save_path, "seed": cfg.train.seed, "dataset": name, "method": method.name,
                       "normalize": normalize, "class_name": c, **values, "train_seconds": train_seconds}
                      for c, values in tested.per_class.items()]

@@ -10,6 +10,19 @@ from aaclip_book import plots, runs, samples
 ROLES = {"train": "auxiliary (training)", "test": "target (zero-shot)"}
 
 
+def scale_note(book) -> Markdown:
+    """What this build of the chapter shows: the miniature world, or (any other profile) the real data."""
+    cfg = book.cfg
+    if book.miniature:
+        return Markdown(f"*Profile `{cfg.runtime.profile}`: the miniature world under `{cfg.runtime.data_root}`.*")
+    return Markdown(
+        f"*Profile `{cfg.runtime.profile}` runs on prepared datasets, not on the miniature: below, the tables and "
+        f"figures show {cfg.train.dataset} and {', '.join(cfg.eval.datasets)} from `{cfg.runtime.data_root}` and the "
+        f"backbone {cfg.model.backbone} (`pretrained={cfg.model.pretrained}`); the sections on the tiny CLIP's "
+        "pretraining and the world's summary say what replaces them.*"
+    )
+
+
 def plain_clip(book):
     """The backbone with untrained adapters: every call of this chapter takes plain CLIP's path."""
     from aaclip.model import AAClip
@@ -56,14 +69,15 @@ def pretraining_figure(book, pairs: int = 6):
     """The tiny CLIP's first twin pairs (the unmarked pictures above their marked twins), or a note at paper scale."""
     drawn = book.pretraining_pictures(pairs)
     if drawn is None:
-        return Markdown("*At paper scale the backbone is OpenAI's CLIP; its pretraining is not ours to show.*")
+        return Markdown(f"*Not a miniature build: the backbone is {book.cfg.model.backbone} "
+                        f"(`pretrained={book.cfg.model.pretrained}`), whose pretraining is not ours to show.*")
     return plots.sample_grid_figure(drawn[0], None, drawn[1], ncols=pairs)
 
 
 def pretraining_table(book):
     """How the tiny CLIP was pretrained (the world's record), or a note at paper scale."""
     if book.world is None:
-        return Markdown("*No pretraining record: the backbone's weights come from OpenCLIP.*")
+        return Markdown("*No pretraining record: the backbone's weights were not made by this book.*")
     return pd.Series(book.world["pretraining"], name="tiny CLIP pretraining").to_frame()
 
 
@@ -81,6 +95,7 @@ def evidence_table(book, numbers: dict) -> pd.DataFrame:
 def world_table(book):
     """What building the miniature world cost and what its builder measured, or a note at paper scale."""
     if book.world is None:
-        return Markdown("*At paper scale the datasets are the real ones, prepared by `aaclip prepare`.*")
+        return Markdown("*Not a miniature build: the datasets are the ones `aaclip prepare` wrote; "
+                        "the table of the datasets above lists them.*")
     scalars = {k: v for k, v in book.world.items() if not isinstance(v, (dict, list))}
     return pd.Series(scalars, name="world summary").to_frame()

@@ -44,6 +44,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def model_arguments(p: argparse.ArgumentParser, batch_sizes: list[int], repeats: int, warmup: int) -> None:
+    """The flags every model benchmark shares: which backbone at which size, the settings timed, rounds."""
+    p.add_argument("--backbone", default="ViT-L-14-336", help="open_clip model name (default ViT-L-14-336)")
+    p.add_argument("--pretrained", default="none",
+                   help="weights: none (random, the default: time does not depend on them), a tag, file or folder")
+    p.add_argument("--image-size", type=int, default=518)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes)
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds per setting (median reported)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed calls of each path per setting")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def setup_device(args, uses_torch: bool = True) -> str:
     """Check the device and apply --threads (importing torch first unless the script never computes)."""
     device = str(args.device)

@@ -26,14 +26,7 @@ TARGET_RATIO = 1.15
 
 def main(argv=None) -> dict:
     p = harness.parser(__doc__)
-    p.add_argument("--backbone", default="ViT-L-14-336", help="open_clip model name (default ViT-L-14-336)")
-    p.add_argument("--pretrained", default="none", help="weights: none (random, the default: time does not depend on them), a tag, file or folder")
-    p.add_argument("--image-size", type=int, default=518)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each path per setting")
-    p.add_argument("--seed", type=int, default=0)
+    harness.model_arguments(p, batch_sizes=[1, 8], repeats=3, warmup=1)
     args = p.parse_args(argv)
     started = time.perf_counter()
     device = harness.setup_device(args)

@@ -133,7 +133,7 @@ def run_script(name: str, plan_args: list[str], device: str, out: Path, threads:
 
 def load_results(folder: Path) -> dict:
     results = {}
-    for name in (*BENCHMARKS, "run"):
+    for name in (*BENCHMARKS, "gpu_check", "run"):
         path = folder / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
@@ -161,7 +161,7 @@ def table(results: dict) -> str:
         lines.append("")
     lines += targets_section(results)
     for name, section in (("inference", inference_section), ("training", training_section),
-                          ("evaluation", evaluation_section), ("book_build", book_section)):
+                          ("evaluation", evaluation_section), ("book_build", book_section), ("gpu_check", gpu_section)):
         if name in results:
             lines += section(results[name])
     lines += not_measured_section(results)
@@ -293,13 +293,36 @@ def book_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+def gpu_section(r: dict) -> list[str]:
+    """`benchmarks/gpu_check.sh`'s figures (kept in the results folder when a GPU run made them)."""
+    s = r["settings"]
+    lines = [f"### GPU check: {s['backbone']} at {s['image_size']} px on {r['machine']['device_name']}", "", measured(r), "",
+             "| precision | torch.compile | batch | images/s | ms/image | peak MiB | compile s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in r["inference"]:
+        compiled = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        lines.append(f"| {row['precision']} | {row['compile']} | {row['batch_size']} | {row['items_per_s']:.1f} | "
+                     f"{row['ms_per_item']:.1f} | {row['peak_mib']:,.0f} | {compiled} |")
+    lines += ["", "| stage-2 step | batch | seconds | peak MiB |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {row['precision']} | {row['batch_size']} | {row['median_s']:.3f} | {row['peak_mib']:,.0f} |"
+              for row in r["stage2_step"]]
+    c = r.get("fp32_vs_bf16")
+    if c:
+        diffs = ", ".join(f"{k} {v:+.4f}" for k, v in c["metric_differences"].items() if v is not None)
+        lines += ["", f"fp32 against bf16 on a fake class of {c['n_images']} images: raw maps differ by up to "
+                      f"{c['raw_map_max_abs_difference']:.4f} (mean {c['raw_map_mean_abs_difference']:.5f}), normalised maps "
+                      f"by up to {c['anomaly_map_max_abs_difference']:.4f}; metrics (bf16 minus fp32): {diffs}. The full "
+                      f"evaluation of the class took {c['evaluation_s']['fp32']:.1f} s in fp32, {c['evaluation_s']['bf16']:.1f} s in bf16."]
+    return lines + [""]
+
+
 def not_measured_section(results: dict) -> list[str]:
     run = results.get("run", {})
     lines = ["### Not measured in this run", ""]
-    if not str(run.get("device", "cpu")).startswith("cuda"):
-        lines.append("- **GPU** (images/s and peak memory on CUDA, bf16, larger batches): not measured: no GPU was "
-                     "available. On a CUDA machine: `python -m benchmarks.run_all --device cuda` (or `make bench`, "
-                     "which picks the GPU plan by itself).")
+    if "gpu_check" not in results and not str(run.get("device", "cpu")).startswith("cuda"):
+        lines.append("- **GPU** (images/s and peak memory on CUDA, bf16 against fp32, torch.compile, larger batches): "
+                     "not measured: no GPU was available. On a CUDA machine: `bash benchmarks/gpu_check.sh` (under 10 "
+                     "minutes), or `python -m benchmarks.run_all --device cuda`.")
     if run.get("plan") == "cpu":
         lines.append("- **Inference at batch 8 and under bf16 autocast, training at batch 8** on CPU: left out of the "
                      "15-minute CPU plan (a ViT-L-14-336 forward at 518 takes tens of seconds per image on 2 cores, and "

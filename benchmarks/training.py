@@ -42,8 +42,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=1, help="optimisation steps per timed epoch")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per batch size before timing")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="autocast as in training: auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training precision: fp32 (released, the default) or bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -162,9 +162,7 @@ def synthetic_epoch(n: int, size: int, classes: list[str], seed: int) -> list:
 
 def effective_precision(device: str, precision: str) -> str:
     """What `aaclip.model.autocast` does with `precision` on this device."""
-    if precision != "auto":
-        return precision
-    return "bf16 (auto)" if device.startswith("cuda") else "fp32 (auto)"
+    return precision
 
 
 def _finite(x: float) -> bool:

@@ -88,3 +88,33 @@ def build_paper_data(root: Path) -> dict[str, list[dict]]:
         "Brain": build(root, "Brain", per_label=4, seed=3, grayscale=True),
         "Kvasir": build(root, "Colon_Kvasir", per_label=6, seed=4),
     }
+
+
+# A small random open_clip backbone in the folder layout open_clip's `local-dir:` loader reads: the
+# real model classes (VisionTransformer, TextTransformer) and the real tokenizer, at a size CI can train.
+TINY_BACKBONE = "ViT-tiny-random"
+TINY_MODEL_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 4},
+}
+
+
+def write_random_backbone(folder: Path, seed: int = 0) -> Path:
+    """open_clip_config.json + open_clip_model.safetensors of a randomly initialised small CLIP."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**json.loads(json.dumps(TINY_MODEL_CFG)))
+    config = {
+        "model_name": TINY_BACKBONE,
+        "model_cfg": TINY_MODEL_CFG,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"model_name": TINY_BACKBONE})
+    return folder

@@ -174,3 +174,24 @@ def test_table_shows_every_figure_and_target(bench, tmp_path, TINY):
     assert "scikit-learn" in table and "Exact AUPRO on its own" in table
     assert "--plan full" in table and "--device cuda" in table
     assert not any(math.isnan(v) for v in [row["ratio"]])
+
+
+def test_the_gpu_check_runs_at_a_tiny_size_on_cpu_and_the_table_shows_it(bench, tmp_path, TINY):
+    """benchmarks/gpu_check.sh's code, on CPU: every figure it promises is there, and run_all's table shows it."""
+    out = tmp_path / "gpu_check.json"
+    bench("gpu_check").main(["--device", "cpu", "--backbone", "aaclip-tiny", "--pretrained", TINY[TINY.index("--pretrained") + 1],
+                             "--image-size", "64", "--batch-sizes", "1", "2", "--compile", "off", "--repeats", "1",
+                             "--warmup", "1", "--n-images", "6", "--json", str(out)])
+    written = json.loads(out.read_text())
+    rows = written["inference"]
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    assert all(r["items_per_s"] > 0 and r["peak_mib"] >= 0 for r in rows)
+    assert [s["precision"] for s in written["stage2_step"]] == ["fp32", "bf16"]
+    c = written["fp32_vs_bf16"]
+    assert c["n_images"] == 6 and c["raw_map_max_abs_difference"] > 0  # bf16 does move the maps
+    assert set(c["metric_differences"]) == set(c["metrics"]["fp32"]) - {"image_threshold", "pixel_threshold"}
+    run_all = bench("run_all")
+    table = run_all.table({"gpu_check": written})
+    assert "### GPU check" in table and "fp32 against bf16" in table
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    assert "--device cuda" in script and "--batch-sizes 1 8 32" in script and "--compile off on" in script

@@ -188,3 +188,47 @@ def test_a_build_replaces_the_book_only_when_sphinx_passes_with_warnings_as_erro
     with pytest.raises(book.BookError, match="no_such_page"):
         book.build_book("smoke", out=out, notebooks=["00"], root=root, progress=False)
     assert (out / "html" / "notebooks" / "00_miniature.html").read_text() == chapter  # the previous book, intact
+
+
+def _seed_rows(dataset: str, seeds, image_auroc, pixel_auroc) -> list[dict]:
+    from aaclip.metrics import METRIC_NAMES
+
+    return [{"dataset": dataset, "method": "AA-CLIP", "normalize": "transductive", "seed": seed, "class_name": "c",
+             **{m: pixel_auroc[i] for m in METRIC_NAMES}, "image_auroc": image_auroc[i]} for i, seed in enumerate(seeds)]
+
+
+def test_an_undefined_image_metric_stays_undefined_over_seeds_not_zero():
+    import pandas as pd
+
+    from aaclip_book import results
+
+    rows = _seed_rows("Kvasir", [111, 0], [float("nan")] * 2, [0.8, 0.9]) + _seed_rows("MVTec", [111, 0], [0.7, 0.9], [0.8, 0.9])
+    means = results.seed_means(pd.DataFrame(rows))
+    stats = results.over_seeds(means).set_index("dataset")
+    assert pd.isna(stats.loc["Kvasir", "image_auroc_mean"]) and pd.isna(stats.loc["Kvasir", "image_auroc_std"])
+    assert stats.loc["MVTec", "image_auroc_mean"] == pytest.approx(0.8)
+    table = results.seed_table(means)
+    assert table.loc[("Kvasir", "AA-CLIP"), ("Image AUROC", "mean ± sd")] == results.UNDEFINED  # the row is kept
+    assert table.loc[("Kvasir", "AA-CLIP"), ("Pixel AUROC", "mean ± sd")] == "85.0 ± 7.1"
+
+
+def test_one_seed_marks_no_ablation_effect_and_gives_no_verdict():
+    import pandas as pd
+
+    from aaclip_book.ablations import Ablation, effect_table
+
+    chosen = [Ablation("reference", "reference", {}), Ablation("levels", "last level only", {"model.levels": [4]},
+                                                               paper="lower")]
+
+    def table(seeds, ref, variant):
+        return pd.DataFrame([{"group": a.group, "variant": a.name, "seed": s, "image_auroc": v[i],
+                              "pixel_auroc": v[i], "pixel_aupro": v[i]}
+                             for a, v in zip(chosen, (ref, variant)) for i, s in enumerate(seeds)])
+
+    one = effect_table(table([111], [0.8], [0.6]), chosen)
+    assert one.loc[("levels", "last level only"), "Δ pixel_auroc"] == "-20.0"  # no noise estimate: no mark
+    assert "no noise estimate" in one.loc[("levels", "last level only"), "paper"]
+    three = effect_table(table([111, 0, 1], [0.80, 0.81, 0.79], [0.60, 0.61, 0.59]), chosen)
+    assert three.loc[("levels", "last level only"), "Δ pixel_auroc"] == "-20.0 *"
+    assert three.loc[("levels", "last level only"), "paper"].endswith("reproduced")
+    assert not three.loc[("levels", "last level only"), "paper"].endswith("not reproduced")

@@ -104,11 +104,53 @@ def test_joint_augmentation_keeps_the_mask_on_the_defect(tmp_path):
         torch.manual_seed(seed)
         item = dataset[0]
         image = pixels(item)
-        bright = image.mean(0) > 0.5
+        bright = image.mean(0) > 0.9
         assert torch.equal(bright, item.gt_mask[0]), seed
-        assert ((image < 0.01) | (image > 0.99)).all(), seed  # nearest, fill 0: no blended pixels
+        # nearest, fill 0 on the normalised tensor: every pixel is black, white, or the mean colour where
+        # the rotation or translation uncovered it (no blended pixels)
+        filled = (image - MEAN).abs().amax(0) < 1e-5
+        assert (((image < 0.01) | (image > 0.99)).all(0) | filled).all(), seed
         masks.add(item.gt_mask.numpy().tobytes())
     assert len(masks) > 6  # rotation, translation and flips really vary
+
+
+def test_a_rotated_images_uncovered_corner_holds_the_mean_colour_as_released(tmp_path):
+    """The released code rotates the normalised tensor: "fill 0" is CLIP's mean colour, not black."""
+    dataset = one(tmp_path, Image.new("RGB", (32, 32), (255, 255, 255)), size=32, augment=True)
+    dataset.geometry = torchvision_rotation(45)
+    item = dataset[0]
+    corner = pixels(item)[:, 0, 0]
+    torch.testing.assert_close(corner, MEAN[:, 0, 0], atol=1e-5, rtol=0)
+    assert not item.gt_mask.any()  # the mask's fill is "no defect"
+
+
+def torchvision_rotation(degrees):
+    from torchvision.transforms import v2
+
+    return v2.RandomRotation((degrees, degrees), interpolation=v2.InterpolationMode.NEAREST, fill=0)
+
+
+def test_colour_jitter_runs_on_the_original_size_before_the_resize(tmp_path):
+    """The released order: jitter the PIL image at its own size, then resize to the input size."""
+    seen = []
+    dataset = one(tmp_path, Image.new("RGB", (12, 7), (200, 100, 50)), size=16, color_jitter=True)
+    dataset.jitter = lambda image: seen.append(image.size) or image
+    dataset[0]
+    assert seen == [(12, 7)]
+
+
+def test_one_mask_rule_in_every_path(tmp_path):
+    """Grayscale != 0, as released, both for the model's masks and for the original-resolution metrics."""
+    from aaclip.data.dataset import load_mask, read_mask
+
+    values = np.zeros((8, 8, 3), np.uint8)
+    values[:, :4, 2] = 1  # a faint blue: grayscale 0.114 * 1 rounds to 0, so not a defect
+    values[:, 4:, 0] = 255
+    Image.fromarray(values).save(tmp_path / "m.png")
+    expected = np.zeros((8, 8), bool)
+    expected[:, 4:] = True
+    assert np.array_equal(read_mask(tmp_path / "m.png"), expected)
+    assert np.array_equal(load_mask(tmp_path / "m.png", 8)[0].numpy() != 0, expected)
 
 
 def test_augmentation_is_reproducible_from_torch_seed(tmp_path):

@@ -116,3 +116,13 @@ def test_a_damaged_dataset_json_names_the_file(tmp_path):
     with pytest.raises(AAClipError, match=r"broken/dataset.json: not a dataset description"):
         get_dataset("broken", data_root=tmp_path)
     assert get_dataset("MVTec").name == "MVTec"
+
+
+def test_mpdd_and_btad_prompt_with_the_reference_codes_own_phrases():
+    """The published MPDD and BTAD numbers were produced with these names (book:protocol-prompt-names)."""
+    mpdd, btad = get_dataset("MPDD").prompt_names, get_dataset("BTAD").prompt_names
+    assert mpdd["connector"] == "metal clamps with black adjustment knobs"
+    assert mpdd["bracket_black"] == "black ornamental metal bracket with spiral design attached to a rectangular frame"
+    assert btad["02"] == "vertical fabric lines in warm, dusty pink and beige tones"
+    assert btad["03"] == "oval concentric circular rings in gradient shades of blue and white"
+    assert set(mpdd) == set(get_dataset("MPDD").classes) and set(btad) == {"01", "02", "03"}

@@ -238,8 +238,11 @@ def test_stage2_gradients_reach_only_the_image_adapters(registered, images):
     assert all(p.grad is None for p in m.clip.parameters())
 
 
-def test_autocast_helper():
-    """bf16 autocast on CUDA by default, fp32 on CPU; bf16 on CPU only when asked."""
+def test_autocast_helper_and_the_default_precision_is_fp32_as_released():
+    """fp32 everywhere by default (training, anchors, inference), as the released code runs; bf16 only when asked."""
+    from aaclip.config import Config
+
+    assert Config().train.precision == Config().eval.precision == "fp32"
     with autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
     with autocast("cpu", "bf16"):

@@ -1,14 +1,21 @@
 """The torch Dataset: preprocessing (book:method-preprocessing) and augmentation (book:method-augmentation).
 
 Preprocessing: resize to SxS with PIL bicubic (antialiased, as CLIP's own transform on PIL
-images), no crop, aspect not kept; the backbone's mean and std. Masks: nearest resize, then
-`!= 0`. Any image mode becomes RGB; a normal image gets an all-zero mask.
+images), no crop, aspect not kept; the backbone's mean and std. Masks: read as grayscale
+(`convert("L")`), nearest resize, then `!= 0`: the released rule, the same one the
+original-resolution metrics use (`read_mask`). Any image mode becomes RGB; a normal image gets an
+all-zero mask.
 
-Augmentation, torchvision.transforms.v2 on an (Image, Mask) pair so that both get the same
-geometry: rotation +-30 deg (p 0.5), translation 0.15 (p 0.5), h-flip 0.5, v-flip 0.5, all
-nearest with fill 0 (black pixels, empty mask); with `color_jitter` first brightness, contrast
-and saturation 0.5, each applied with p 0.7 (image only). The randomness is torch's global RNG:
-reproducible after `torch.manual_seed`, and DataLoader workers get their own seeds from it.
+Augmentation, in the released order (torchvision.transforms.v2):
+1. with `color_jitter`, brightness, contrast and saturation 0.5, each applied with p 0.7, on the
+   PIL image at its original size (image only);
+2. the resize and the normalisation;
+3. on the (normalised image, mask) pair, so that both get the same geometry: rotation +-30 deg
+   (p 0.5), translation 0.15 (p 0.5), h-flip 0.5, v-flip 0.5, nearest, fill 0. The fill applies to
+   the normalised tensor, so uncovered pixels take the mean colour, not black; the mask's fill 0 is
+   "no defect".
+The randomness is torch's global RNG: reproducible after `torch.manual_seed`, and DataLoader
+workers get their own seeds from it.
 
 Each item is an `aaclip.batch.Batch` of one image; `Batch.collate` joins them.
 """
@@ -51,7 +58,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.info = info
         self.mean, self.std = tuple(mean), tuple(std)
-        self.augmentation = augmentation(augment, color_jitter)
+        self.jitter = colour_jitter() if color_jitter else None
+        self.geometry = geometry() if augment else None
         self.normalize = v2.Normalize(mean=list(mean), std=list(std))
 
     def __len__(self) -> int:
@@ -60,14 +68,14 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Batch:
         record = self.records[index]
         image_path = self.root / record["image_path"]
-        image = tv_tensors.Image(load_image(image_path, self.image_size))
+        image = tv_tensors.Image(load_image(image_path, self.image_size, self.jitter))
         if record["label"] == 1 and record.get("mask_path"):
             mask = tv_tensors.Mask(load_mask(self.root / record["mask_path"], self.image_size))
         else:
             mask = tv_tensors.Mask(torch.zeros(1, self.image_size, self.image_size, dtype=torch.uint8))
-        if self.augmentation is not None:
-            image, mask = self.augmentation(image, mask)
         image = self.normalize(v2.functional.to_dtype(image, torch.float32, scale=True))
+        if self.geometry is not None:  # on the normalised tensor: fill 0 is the mean colour
+            image, mask = self.geometry(image, mask)
         return Batch(
             image_path=[str(image_path)],
             class_name=[record["class_name"]],
@@ -123,26 +131,27 @@ def load_dataset(
     return AnomalyDataset(records, path.parent, image_size, mean, std, augment, color_jitter, info)
 
 
-def augmentation(augment: bool, color_jitter: bool) -> v2.Compose | None:
-    """book:method-augmentation: colour jitter (image only) then the joint geometric transforms; None when off."""
-    steps = []
-    if color_jitter:
-        parts = ("brightness", "contrast", "saturation")
-        steps += [v2.RandomApply([v2.ColorJitter(**{part: 0.5})], p=0.7) for part in parts]
-    if augment:
-        steps += [
-            v2.RandomApply([v2.RandomRotation(30, interpolation=NEAREST, fill=0)], p=0.5),
-            v2.RandomApply([v2.RandomAffine(degrees=0, translate=(0.15, 0.15), interpolation=NEAREST, fill=0)], p=0.5),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomVerticalFlip(0.5),
-        ]
-    return v2.Compose(steps) if steps else None
+def colour_jitter() -> v2.Compose:
+    """book:method-augmentation: brightness, contrast and saturation 0.5, each with p 0.7 (on a PIL image)."""
+    return v2.Compose([v2.RandomApply([v2.ColorJitter(**{part: 0.5})], p=0.7) for part in ("brightness", "contrast", "saturation")])
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """uint8 (3, size, size): any mode to RGB, bicubic resize (antialiased)."""
-    image = _open(path, "image")
-    rgb = _to_rgb(image).resize((size, size), Image.Resampling.BICUBIC)
+def geometry() -> v2.Compose:
+    """book:method-augmentation: the joint geometric transforms of an (image, mask) pair, nearest, fill 0."""
+    return v2.Compose([
+        v2.RandomApply([v2.RandomRotation(30, interpolation=NEAREST, fill=0)], p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=0, translate=(0.15, 0.15), interpolation=NEAREST, fill=0)], p=0.5),
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomVerticalFlip(0.5),
+    ])  # fmt: skip
+
+
+def load_image(path: Path, size: int, jitter=None) -> torch.Tensor:
+    """uint8 (3, size, size): any mode to RGB, `jitter` (if any) at the original size, bicubic resize (antialiased)."""
+    rgb = _to_rgb(_open(path, "image"))
+    if jitter is not None:
+        rgb = jitter(rgb)
+    rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
@@ -151,13 +160,14 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(_to_rgb(_open(path, "image")))
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """bool (H, W) at the mask's own size: the released rule, grayscale (`convert("L")`) != 0, in every path."""
+    return np.asarray(_open(path, "mask").convert("L")) != 0
+
+
 def load_mask(path: Path, size: int) -> torch.Tensor:
-    """uint8 (1, size, size) in {0, 1}: nonzero pixels (any channel, alpha ignored) are anomalous."""
-    mask = _open(path, "mask")
-    if "A" in mask.getbands():
-        mask = mask.convert("RGB")
-    values = np.asarray(mask)
-    binary = values.any(axis=2) if values.ndim == 3 else values != 0
+    """uint8 (1, size, size) in {0, 1}: `read_mask`, then a nearest resize."""
+    binary = read_mask(path)
     resized = Image.fromarray(binary.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
     return torch.from_numpy(np.array(resized))[None]
 

@@ -87,16 +87,22 @@ VISA_PROMPTS = {
     "pcb4": "battery charging pcb module",
     "pipe_fryum": "pipe-shaped fryum",
 }
-# The paper leaves these to us: short phrases describing what each part looks like.
+# MPDD and BTAD: the reference code's own phrases (its class-name constants, Apache-2.0), with which
+# the published MPDD and BTAD numbers were produced (book:protocol-prompt-names).
 MPDD_PROMPTS = {
-    "bracket_black": "black metal bracket",
-    "bracket_brown": "brown metal bracket",
-    "bracket_white": "white metal bracket",
-    "connector": "metal connector part",
-    "metal_plate": "flat metal plate",
-    "tubes": "row of metal tubes",
+    "connector": "metal clamps with black adjustment knobs",
+    "tubes": "scattered metal objects",
+    "metal_plate": "blue rectangular metal plate with a notch on one side",
+    "bracket_white": "white, elongated triangular metal bracket with a smooth, matte finish",
+    "bracket_brown": "brown L-shaped metal bracket with smooth, glossy finish and multiple mounting holes along its arms",
+    "bracket_black": "black ornamental metal bracket with spiral design attached to a rectangular frame",
 }
-BTAD_PROMPTS = {"01": "textured industrial product", "02": "smooth industrial surface", "03": "patterned metal surface"}
+BTAD_PROMPTS = {
+    "01": "Bright concentric rings in neon yellow and blue tones against a dark blue background, resembling a "
+          "stylized wave or energy field radiating outward.",
+    "02": "vertical fabric lines in warm, dusty pink and beige tones",
+    "03": "oval concentric circular rings in gradient shades of blue and white",
+}
 
 
 def _one_class(name, folder, domain, prompt, expected, layout, aliases) -> DatasetInfo:

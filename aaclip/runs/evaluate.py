@@ -219,6 +219,8 @@ def original_resolution(preds: Batch, dataset) -> tuple[np.ndarray, np.ndarray]:
     import torch.nn.functional as F
     from PIL import Image
 
+    from aaclip.data.dataset import read_mask
+
     by_path = {str(dataset.root / r["image_path"]): r for r in dataset.records}
     maps, masks = [], []
     for anomaly_map, path in zip(preds.anomaly_map, preds.image_path):
@@ -226,8 +228,7 @@ def original_resolution(preds: Batch, dataset) -> tuple[np.ndarray, np.ndarray]:
         with Image.open(path) as image:
             width, height = image.size
         if record.get("mask_path"):
-            with Image.open(dataset.root / record["mask_path"]) as mask_image:
-                mask = np.asarray(mask_image.convert("L")) != 0
+            mask = read_mask(dataset.root / record["mask_path"])  # the one mask rule, as the dataset reads it
         else:
             mask = np.zeros((height, width), dtype=bool)
         resized = F.interpolate(
@@ -314,7 +315,8 @@ def _markdown(result: TestResult) -> str:
     lines = [
         f"# {result.method} on {result.dataset}",
         "",
-        f"{result.n_images} images in {result.n_classes} classes; checkpoint: {result.checkpoint or 'none (plain CLIP)'}.",
+        f"{result.n_images} images in {result.n_classes} class{'es' if result.n_classes != 1 else ''}; "
+        f"checkpoint: {result.checkpoint or 'none (plain CLIP)'}.",
         f"Normalisation **{result.normalize}**: {NORMALIZATION_NOTES[result.normalize]}.",
         "",
         *_metric_table(result.per_class, result.means, result.counts, result.aupro),

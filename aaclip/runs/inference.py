@@ -54,7 +54,7 @@ BASELINE = Method("CLIP", adapted_text=False, image="clip")
 
 
 # ---------------------------------------------------------------------------------- features
-def anchors_for(model, method: Method, prompt_names: list[str], precision: str = "auto") -> torch.Tensor:
+def anchors_for(model, method: Method, prompt_names: list[str], precision: str = "fp32") -> torch.Tensor:
     """Per-class anchors (C, D, 2), no grad (book:method-anchors)."""
     with torch.no_grad(), autocast(model.device, precision):
         anchors = model.text_anchors(prompt_names, adapted=method.adapted_text)
@@ -70,7 +70,7 @@ def features(model, method: Method, images: torch.Tensor):
     return model.image_features(images)
 
 
-def score_batch(model, method: Method, images, anchors, domain: str, precision: str = "auto"):
+def score_batch(model, method: Method, images, anchors, domain: str, precision: str = "fp32"):
     """Raw anomaly maps (B, S, S) and raw image scores (B,) for one batch (book:method-scoring)."""
     with torch.no_grad(), autocast(model.device, precision):
         seg, det = features(model, method, images)
@@ -79,7 +79,7 @@ def score_batch(model, method: Method, images, anchors, domain: str, precision: 
 
 
 def predict_levels(model, method: Method, batch: Batch, prompt_names: dict[str, str], domain: str,
-                   precision: str = "auto") -> Batch:
+                   precision: str = "fp32") -> Batch:
     """The batch (images dropped) with `level_maps` (B, L, S, S): each level's blurred, upsampled map,
     and `raw_map`, their sum (book:method-scoring); for figures that look inside the fusion."""
     import torch.nn.functional as F
@@ -156,7 +156,7 @@ def predict_images(
     object_name: str = "object",
     domain: str = "industrial",
     batch_size: int = 8,
-    precision: str = "auto",
+    precision: str = "fp32",
     threshold: float | None = None,
     checkpoint: str | None = None,
     progress: bool = True,
