@@ -18,7 +18,7 @@ import torch
 
 from aaclip.errors import AAClipError
 
-PREDICTION_FIELDS = ("anomaly_map", "pred_score", "raw_map", "raw_score", "level_maps")
+PREDICTION_FIELDS = ("anomaly_map", "pred_score", "raw_map", "raw_score", "level_maps", "level_grids")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Batch:
     raw_map: np.ndarray | None = None  # (B, S, S) float32: summed level maps before normalisation (book:method-scoring)
     raw_score: np.ndarray | None = None  # (B,) float32: (cos(det, t_abnormal) + 1) / 2
     level_maps: np.ndarray | None = None  # (B, L, S, S) float32: each level's blurred, upsampled map
+    level_grids: np.ndarray | None = None  # (B, L, g, g) float32: each level's blurred map on the patch grid
 
     def __post_init__(self):
         n = len(self.image_path)

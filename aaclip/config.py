@@ -199,8 +199,22 @@ class RuntimeConfig(Group):
     save_path: str = option("runs/aaclip", "the training run's directory")
 
 
+@dataclass
+class ExploreConfig(Group):
+    """The heatmap explorer's page (book:protocol-explorer): which images, at what size, within what budget."""
+
+    per_class: int = option(6, "images per class in the explorer page: the most wrong at the class threshold "
+                               "first, then a spread over the scores", check=positive)
+    widget_per_class: int = option(3, "of those, images per class in the widget view (its panels are pre-drawn)",
+                                   check=positive)
+    display_size: int = option(192, "longest side of the pictures shown, in pixels", check=positive)
+    page_mb: float = option(5.0, "size budget of the page; fewer images per class where it would be larger",
+                            check=positive)
+
+
 for _name, _cls in (("model", ModelConfig), ("train", TrainConfig), ("stage1", Stage1Config),
-                    ("stage2", Stage2Config), ("eval", EvalConfig), ("runtime", RuntimeConfig)):
+                    ("stage2", Stage2Config), ("eval", EvalConfig), ("runtime", RuntimeConfig),
+                    ("explore", ExploreConfig)):
     _cls.name = _name
 
 GROUPS = {
@@ -210,6 +224,7 @@ GROUPS = {
     "stage2": Stage2Config,
     "eval": EvalConfig,
     "runtime": RuntimeConfig,
+    "explore": ExploreConfig,
 }
 IDENTITY_GROUPS = ("model", "train", "stage1", "stage2")  # what a run trained; with the data, its identity
 
@@ -222,6 +237,7 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
 
     def __post_init__(self):
         for group, cls in GROUPS.items():  # each group checked its own fields when it was made

@@ -1,12 +1,13 @@
 """Anomaly maps and image scores (book:method-scoring, book:method-normalisation).
 
     maps = level_maps(seg, anchors)                      # (B, L, g, g), no softmax
-    raw_map = fuse_levels(gaussian_blur(maps, domain), image_size)   # (B, S, S), sum of levels
+    grids = gaussian_blur(maps, domain)                  # (B, L, g, g), what predictions files keep
+    raw_map = fuse_levels(grids, image_size)             # (B, S, S), sum of levels
     raw_score = raw_image_score(det, anchors)            # (B,)
     anomaly_map, pred_score = normalize_transductive(raw_maps, raw_scores, class_names, domain)
     anomaly_map, pred_score = normalize_inductive(raw_maps, raw_scores, domain, n_levels=L)
 
-`raw_anomaly_map(seg, anchors, domain, image_size)` chains the first three steps.
+`level_grids(seg, anchors, domain)` chains the first two steps, `raw_anomaly_map` all three.
 
 Reading of book:method-scoring step 1: S = 100 * seg_l @ T and then m = (S_abnormal + 1 - S_normal) / 2 on
 those raw logits, with NO softmax over the two channels. That is the literal text, and it is also
@@ -80,9 +81,17 @@ def fuse_levels(maps: torch.Tensor, image_size: int) -> torch.Tensor:
     return up.sum(dim=1)
 
 
+def level_grids(seg: list[torch.Tensor], anchors: torch.Tensor, domain: str) -> torch.Tensor:
+    """book:method-scoring before the upsampling: each level's blurred map on the patch grid, (B, L, g, g).
+
+    `fuse_levels(grids, S)` turns them into the raw map, so a file that keeps the grids keeps the maps
+    (at ViT-L-14-336 and 518 px, 4 x 37 x 37 numbers per image instead of 518 x 518)."""
+    return gaussian_blur(level_maps(seg, anchors), domain)
+
+
 def raw_anomaly_map(seg: list[torch.Tensor], anchors: torch.Tensor, domain: str, image_size: int) -> torch.Tensor:
     """book:method-scoring in one call: (B, S, S) raw anomaly map."""
-    return fuse_levels(gaussian_blur(level_maps(seg, anchors), domain), image_size)
+    return fuse_levels(level_grids(seg, anchors, domain), image_size)
 
 
 def raw_image_score(det: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:

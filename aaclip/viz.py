@@ -47,30 +47,53 @@ def annotated_overlay(image, anomaly_map, lines: list[str], vmin: float = 0.0, v
     A map that found nothing (all near vmin) then reads as "blue everywhere on a 0-1 scale", not as a
     broken picture.
     """
-    import matplotlib
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     picture = overlay(image, anomaly_map, vmin, vmax, alpha, cmap)
     height, width = picture.shape[:2]
-    size = max(11, min(18, width // 24))
-    font = ImageFont.load_default(size=size)
+    font, size = _font(width)
     line_height = size + 4
-    top, bar, ticks = line_height * len(lines) + 6, max(12, width // 30), 5 * size // 2 + 8
-    canvas = Image.new("RGB", (width + bar + ticks + 12, height + top), "white")
+    top = line_height * len(lines) + 6
+    bar = colour_bar(height, vmin, vmax, cmap, width=max(12, width // 30), font_size=size)
+    canvas = Image.new("RGB", (width + 6 + bar.shape[1], height + top), "white")
     canvas.paste(Image.fromarray(picture), (0, top))
+    canvas.paste(Image.fromarray(bar), (width + 6, top))
     draw = ImageDraw.Draw(canvas)
     for i, text in enumerate(lines):
         draw.text((4, 3 + i * line_height), text, fill="black", font=font)
-    gradient = matplotlib.colormaps[cmap](np.linspace(1.0, 0.0, height))[:, :3]  # top of the bar = vmax
-    strip = (np.repeat(gradient[:, None, :], bar, axis=1) * 255 + 0.5).astype(np.uint8)
-    x = width + 6
-    canvas.paste(Image.fromarray(strip), (x, top))
-    for fraction in (0.0, 0.5, 1.0):
-        y = top + int(round((1 - fraction) * (height - 1)))
-        draw.line([(x + bar, y), (x + bar + 3, y)], fill="black")
-        label = f"{vmin + fraction * (vmax - vmin):.2g}"
-        draw.text((x + bar + 5, min(max(top, y - size // 2), top + height - size)), label, fill="black", font=font)
     return np.asarray(canvas)
+
+
+def colour_bar(height: int, vmin: float, vmax: float, cmap: str = "jet", width: int = 12,
+               font_size: int | None = None, label: str | None = None) -> np.ndarray:
+    """A vertical colour bar of [vmin, vmax] (vmax at the top) with three ticks, on white: uint8 (height, W, 3)."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    font, size = _font(4 * height, font_size)
+    ticks = 5 * size // 2 + 8
+    extra = size + 6 if label else 0
+    canvas = Image.new("RGB", (width + ticks + extra, height), "white")
+    gradient = matplotlib.colormaps[cmap](np.linspace(1.0, 0.0, height))[:, :3]  # top of the bar = vmax
+    canvas.paste(Image.fromarray((np.repeat(gradient[:, None, :], width, axis=1) * 255 + 0.5).astype(np.uint8)))
+    draw = ImageDraw.Draw(canvas)
+    for fraction in (0.0, 0.5, 1.0):
+        y = int(round((1 - fraction) * (height - 1)))
+        draw.line([(width, y), (width + 3, y)], fill="black")
+        text = f"{vmin + fraction * (vmax - vmin):.2g}"
+        draw.text((width + 5, min(max(0, y - size // 2), height - size)), text, fill="black", font=font)
+    if label:  # written bottom to top beside the ticks
+        strip = Image.new("RGB", (height, size + 4), "white")
+        ImageDraw.Draw(strip).text((2, 1), label, fill="black", font=font)
+        canvas.paste(strip.rotate(90, expand=True), (width + ticks + 2, 0))
+    return np.asarray(canvas)
+
+
+def _font(width: int, size: int | None = None):
+    from PIL import ImageFont
+
+    size = size or max(11, min(18, width // 24))
+    return ImageFont.load_default(size=size), size
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

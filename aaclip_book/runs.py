@@ -67,7 +67,7 @@ def test_run(cfg: Config, datasets, normalizations=("transductive",), baseline: 
         data = dataset(model, cfg, name)
         for normalize in normalizations:
             eval_cfg = replace(cfg.eval, normalize=normalize)
-            keep = save_predictions and normalize == "transductive" and not baseline
+            keep = save_predictions and normalize == "transductive"  # the explorer shows CLIP's maps too
             out = results_dir(cfg, name, method.name, normalize)
             tested = evaluate(model, data, method, eval_cfg, out_dir=out, save_predictions=keep,
                               checkpoint=checkpoint, progress=progress)
@@ -92,11 +92,10 @@ def _test_job(job) -> list[dict]:
     return test_run(cfg, datasets, **options)
 
 
-def ensure_predictions(cfg: Config, dataset_name: str, progress: bool = False):
-    """AA-CLIP's transductive predictions on a dataset (a Batch): saved by chapter 4, else made now."""
-    from aaclip.runs.evaluate import load_predictions
-
-    path = results_dir(cfg, dataset_name, "AA-CLIP", "transductive") / "predictions.npz"
+def ensure_predictions(cfg: Config, dataset_name: str, baseline: bool = False, progress: bool = False) -> Path:
+    """The file of AA-CLIP's (or plain CLIP's) transductive predictions on a dataset: saved by chapter 4,
+    else made now (`aaclip.runs.evaluate.load_predictions` reads it)."""
+    path = results_dir(cfg, dataset_name, "CLIP" if baseline else "AA-CLIP", "transductive") / "predictions.npz"
     if not path.is_file():
-        test_run(cfg, [dataset_name], save_predictions=True, progress=progress)
-    return load_predictions(path)[0]
+        test_run(cfg, [dataset_name], baseline=baseline, save_predictions=True, progress=progress)
+    return path

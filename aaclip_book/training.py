@@ -82,7 +82,9 @@ def example_level_maps(model, cfg, dataset, rows: int = 4):
 
 def example_heatmaps(cfg, dataset, anomalous: int = 8, normal: int = 4):
     """Final transductive maps of anomalous and normal target images, from the saved predictions."""
-    predictions = runs.ensure_predictions(cfg, dataset.info.name)
+    from aaclip.runs.evaluate import load_predictions
+
+    predictions = load_predictions(runs.ensure_predictions(cfg, dataset.info.name))[0]
     rng = np.random.default_rng(cfg.train.seed)
     labels = predictions.labels()
     chosen = [*rng.permutation(np.flatnonzero(labels == 1))[:anomalous], *rng.permutation(np.flatnonzero(labels == 0))[:normal]]

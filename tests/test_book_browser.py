@@ -118,20 +118,157 @@ def test_no_page_loads_anything_from_another_host(site):
                 assert host in ("127.0.0.1", "localhost"), f"{page.relative_to(html)}: <{tag}> loads {source}"
 
 
-def test_the_explorer_widgets_and_its_static_view_render(site, tmp_path):
-    html, url, _ = site
-    text = dom(url + EXPLORER, tmp_path / "chromium")
-    # html-manager turned the saved widget state into live controls (classes of @jupyter-widgets/controls)
-    for widget_class in ("widget-dropdown", "widget-slider", "widget-image", "widget-checkbox"):
-        assert widget_class in text, f"the widget view did not render ({widget_class} missing)"
-    # the pre-rendered view ran its script: it drew on its canvas and wrote a caption
-    explorer = re.search(r'<div class="aaclip-explorer"[^>]*>', text)
-    assert explorer and 'data-rendered="true"' in explorer.group(0), "the pre-rendered explorer did not draw"
-    assert re.search(r'data-role="caption"[^>]*>[^<]*image score', text)
+PIXELS = """(el) => {  // a picture's pixels as a data URL: a canvas as drawn, an <img> as loaded
+  if (el.tagName === "CANVAS") return el.toDataURL();
+  const c = document.createElement("canvas"); c.width = el.naturalWidth; c.height = el.naturalHeight;
+  c.getContext("2d").drawImage(el, 0, 0); return c.toDataURL(); }"""
+VISIBLE = "(el) => el.offsetParent !== null"
 
-    shot = tmp_path / "explorer.png"
-    chromium(url + EXPLORER, tmp_path / "chromium-shot", f"--screenshot={shot}", "--window-size=1280,2600")
-    assert shot.is_file() and shot.stat().st_size > 20_000
-    saved = book.ROOT / "book" / "_build" / "explorer-screenshot.png"  # for a human look, not committed
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(shot, saved)
+
+@pytest.fixture(scope="module")
+def explorer_page(site, tmp_path_factory):
+    from cdp import Page
+
+    html, url, _ = site
+    page = Page(CHROMIUM, url + EXPLORER, tmp_path_factory.mktemp("cdp"), height=3000,
+                helpers=f"window.pixels = {PIXELS}; window.visible = {VISIBLE};")
+    yield page
+    page.close()
+
+
+def static_state(page) -> dict:
+    import json
+
+    page.wait_for("!!(document.querySelector('.aaclip-explorer') && document.querySelector('.aaclip-explorer').dataset.state)",
+                  what="the static view to draw")
+    return json.loads(page.evaluate("document.querySelector('.aaclip-explorer').dataset.state"))
+
+
+def static_change(page, role: str, value, event: str) -> None:
+    """Set a control of the static view and wait until the view has drawn again."""
+    before = page.evaluate("document.querySelector('.aaclip-explorer').dataset.rendered")
+    page.evaluate(f"(() => {{ const c = document.querySelector('.aaclip-explorer [data-role=\"{role}\"]'); "
+                  f"c.value = {value!r}; c.dispatchEvent(new Event('{event}')); return true; }})()")
+    page.wait_for(f"document.querySelector('.aaclip-explorer').dataset.rendered !== {before!r}", what=f"redraw after {role}")
+
+
+def static_picture(page) -> str:
+    return page.evaluate("pixels(document.querySelector('.aaclip-explorer [data-role=picture]'))")
+
+
+def test_the_static_view_changes_with_class_image_and_threshold(explorer_page):
+    page = explorer_page
+    first = static_state(page)
+    picture = static_picture(page)
+    static_change(page, "class", "1", "change")
+    assert static_state(page)["cls"] != first["cls"]
+    assert static_picture(page) != picture, "another class shows the same picture"
+    picture = static_picture(page)
+    static_change(page, "image", "1", "input")
+    assert static_state(page)["image"] != first["image"] or static_picture(page) != picture
+    assert static_picture(page) != picture, "moving the image slider left the picture unchanged"
+    picture, state = static_picture(page), static_state(page)
+    lower = max(0.0, state["threshold"] - 0.3)
+    static_change(page, "threshold", str(lower), "input")
+    assert static_state(page)["threshold"] == pytest.approx(lower, abs=1e-3)
+    assert static_picture(page) != picture, "the threshold slider did not move the predicted outline"
+    assert page.evaluate("document.querySelector('.aaclip-explorer [data-role=\"colour-bar\"]').width") > 0
+
+
+def test_the_static_views_pixel_scores_are_the_librarys(explorer_page, site):
+    """The page's precision, recall and IoU at its threshold equal aaclip.explore's for the same image."""
+    import json
+
+    import numpy as np
+
+    from aaclip import explore
+
+    page = explorer_page
+    static_change(page, "class", "0", "change")
+    static_change(page, "image", "0", "input")
+    state = static_state(page)
+    data = json.loads(page.evaluate("document.querySelector('script[id$=\"-data\"]').textContent"))
+    cls_data = next(c for c in data["classes"] if c["title"] == state["cls"])
+    entry = next(im for im in cls_data["images"] if im["name"] == state["image"])
+    cls = explore.ExploredClass(
+        dataset="", class_name="", domain=cls_data["domain"], n_levels=cls_data["levels"], n_images=0,
+        raw_range=cls_data["raw_range"], level_range=cls_data["level_range"], image_threshold={}, pixel_threshold={},
+        images=[])  # fmt: skip
+    grids = {}
+    for method, q in entry["grids"].items():  # the page's own uint16 grids, decoded as explore.js does
+        import base64
+
+        raw = np.frombuffer(base64.b64decode(q["data"]), "<u2").reshape(len(q["lo"]), q["g"], q["g"]) / 65535
+        grids[method] = (np.asarray(q["lo"])[:, None, None] + raw * (np.subtract(q["hi"], q["lo"]))[:, None, None]).astype(np.float32)
+    from PIL import Image
+    import io
+
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["mask"].split(",")[1]))).convert("L")) > 127
+    image = explore.ExploredImage("", entry["label"], np.zeros((*mask.shape, 3), np.uint8), mask, grids, entry["score"])
+    fused, _ = explore.shown_maps(cls, image, "AA-CLIP", "scored", state["mode"])
+    expected = explore.pixel_scores(fused >= state["threshold"], mask)
+    for name in ("precision", "recall", "iou"):
+        shown = state[name]
+        assert (shown is None) == (expected[name] != expected[name]), name
+        if shown is not None:
+            assert shown == pytest.approx(expected[name], abs=0.02), name
+
+
+def visible_pixels(page, selector: str) -> list[str]:
+    return page.evaluate(f"[...document.querySelectorAll('.aaclip-explorer-widget {selector}')].filter(visible)"
+                         ".filter((i) => i.complete && i.naturalWidth).map(pixels)")
+
+
+def press(page, label: str, key: str = "ArrowRight") -> None:
+    """A real key press on the handle of the visible widget slider labelled `label`."""
+    found = page.evaluate(
+        "(() => { const s = [...document.querySelectorAll('.aaclip-explorer-widget .widget-slider')].filter(visible)"
+        f".find((el) => (el.querySelector('.widget-label') || {{}}).textContent === {label!r});"
+        " if (!s) return false; s.querySelector('.noUi-handle').focus(); return true; })()")
+    assert found, f"no visible slider labelled {label!r} in the widget view"
+    code = {"ArrowRight": 39, "ArrowLeft": 37}[key]
+    for kind in ("keyDown", "keyUp"):
+        page.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+
+
+def test_the_widget_view_changes_with_class_image_and_threshold_without_a_kernel(explorer_page):
+    page = explorer_page
+    page.wait_for("!!document.querySelector('.aaclip-explorer-widget .aaclip-picture img')", what="the widget view")
+    page.wait_for("[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
+                  ".every((i) => i.complete && i.naturalWidth)", what="the widget pictures to load")
+    pictures = visible_pixels(page, ".aaclip-picture img")
+    assert len(pictures) == 2, "the picture and its outline"
+    bars = visible_pixels(page, ".aaclip-colour-bar img")
+    assert len(bars) == 1, "one colour bar is shown"
+    page.evaluate("(() => { const s = document.querySelector('.aaclip-explorer-widget .widget-dropdown select');"
+                  " s.selectedIndex = 1; s.dispatchEvent(new Event('change')); return true; })()")
+    page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')]"
+                  f".filter(visible).map(pixels)) !== {json_string(pictures)}", what="another class's pictures")
+    pictures = visible_pixels(page, ".aaclip-picture img")
+    maps = visible_pixels(page, ".aaclip-maps img")
+    press(page, "image")
+    page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-maps img')]"
+                  f".filter(visible).map(pixels)) !== {json_string(maps)}", what="the next image's maps")
+    assert visible_pixels(page, ".aaclip-picture img")[0] != pictures[0], "the image slider left the picture unchanged"
+    outline = visible_pixels(page, ".aaclip-picture img")[1]
+    press(page, "pixel thr.", "ArrowLeft")
+    page.wait_for(f"[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
+                  f".map(pixels)[1] !== {json_string(outline)}", what="the outline at a lower threshold")
+
+
+def json_string(value) -> str:
+    import json
+
+    return json.dumps(json.dumps(value))
+
+
+def test_the_explorer_page_fits_its_budget_and_both_views_are_saved_as_pictures(site, explorer_page):
+    html, _, _ = site
+    size = (html / EXPLORER).stat().st_size
+    print(f"\nexplorer page: {size / 1e6:.2f} MB")
+    assert size <= 5_000_000, f"{EXPLORER} is {size / 1e6:.2f} MB, over the 5 MB budget"
+    out = book.ROOT / "book" / "_build"  # for a human look, not committed
+    out.mkdir(parents=True, exist_ok=True)
+    for name, selector in (("explorer-widget.png", ".aaclip-explorer-widget"), ("explorer-static.png", ".aaclip-explorer")):
+        shot = explorer_page.screenshot(out / name, selector)
+        assert shot.stat().st_size > 20_000

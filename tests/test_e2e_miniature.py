@@ -75,6 +75,10 @@ def test_the_readmes_own_data_section_works_as_written(smoke_run, tmp_path):
     scores = (tmp_path / "heatmaps" / "scores.csv").read_text().splitlines()
     assert len(scores) == 1 + 16 and (tmp_path / "heatmaps" / "summary.md").is_file()
     assert len(list((tmp_path / "heatmaps" / "overlays").rglob("*.png"))) == 16
+    clip = json.loads((tmp_path / "results" / "parts-clip" / "summary.json").read_text())
+    assert clip["method"] == "CLIP" and clip["baseline"] is True  # plain CLIP on the run's own backbone
+    page = (tmp_path / "results" / "parts-explorer.html").read_text()
+    assert "aaclipExplorer(" in page and '"methods":["AA-CLIP","CLIP"]' in page
 
 
 def test_the_readme_sequence_writes_summaries_with_the_dataset_means(readme_run, smoke_run):

@@ -36,7 +36,7 @@ def target_results(trained, smoke_run, tmp_path_factory):
     model, cfg = trained
     out = tmp_path_factory.mktemp("results")
     result = evaluate(model, target(model, cfg), Method.of_run(cfg), cfg.eval, out_dir=out, save_predictions=True,
-                      checkpoint=str(smoke_run.checkpoint), progress=False)
+                      keep_predictions=True, checkpoint=str(smoke_run.checkpoint), progress=False)
     return out, result
 
 
@@ -63,8 +63,11 @@ def test_saved_predictions_reload_for_the_explorer(target_results, smoke_cfg):
     out, _ = target_results
     preds, index = load_predictions(out / "predictions.npz")
     with np.load(out / "predictions.npz", allow_pickle=False) as data:  # plain arrays, no pickles
-        assert data["anomaly_map"].dtype == np.float16
+        assert data["level_grids"].dtype == np.float32 and "anomaly_map" not in data.files  # maps are rebuilt
     n = len(preds)
+    evaluated = target_results[1].predictions  # the rebuilt maps are the evaluated ones
+    np.testing.assert_allclose(preds.raw_map, evaluated.raw_map, atol=1e-6)
+    np.testing.assert_allclose(preds.anomaly_map, evaluated.anomaly_map, atol=1e-6)
     size = smoke_cfg.model.image_size
     assert preds.anomaly_map.shape == preds.gt_mask.shape == (n, size, size)
     assert len(set(preds.class_name)) == 7 and all(p.endswith(".png") for p in preds.image_path)
@@ -76,6 +79,10 @@ def test_saved_predictions_reload_for_the_explorer(target_results, smoke_cfg):
         assert maps.min() == pytest.approx(0, abs=1e-3) and maps.max() == pytest.approx(1, abs=1e-3)
     # the inductive mode needs no test statistics
     inductive = normalized(preds, "inductive", index["domain"], index["n_levels"])
+    reloaded, _ = load_predictions(out / "predictions.npz", normalize="inductive")
+    np.testing.assert_allclose(reloaded.anomaly_map, inductive.anomaly_map, atol=1e-6)
+    grids_only, _ = load_predictions(out / "predictions.npz", maps=False)
+    assert grids_only.anomaly_map is None and grids_only.level_grids.shape[:2] == (n, index["n_levels"])
     assert inductive.anomaly_map.shape == preds.anomaly_map.shape and inductive.pred_score.shape == (n,)
     assert 0 <= inductive.anomaly_map.min() and inductive.anomaly_map.max() <= 1
 

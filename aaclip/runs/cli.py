@@ -1,4 +1,4 @@
-"""`aaclip train | test | predict | describe`: flags -> `Config.load(profile, overrides)` -> library call.
+"""`aaclip train | test | predict | describe | explore`: flags -> `Config.load(profile, overrides)` -> library call.
 
 No logic lives here: every command builds a Config and calls aaclip.runs.train,
 aaclip.runs.evaluate, aaclip.runs.inference or aaclip.model. The flags are made from the
@@ -45,11 +45,13 @@ def add_parsers(subparsers) -> None:
     test = subparsers.add_parser(
         "test", parents=[common, profile], help="evaluate a trained run (or --baseline CLIP) on a labelled dataset",
         description="Evaluate the run in --save-path (its checkpoint says what model it is: nothing else is needed "
-        "but the dataset) or plain CLIP (--baseline, built from --profile). " + MODES_HELP + "Both are reported: "
+        "but the dataset) or plain CLIP (--baseline: the backbone of the run in --save-path when one is given, "
+        "else the one --profile names). " + MODES_HELP + "Both are reported: "
         "summary.md and summary.json give both, predictions.csv every image's score and label under both.",
     )  # fmt: skip
     test.add_argument("--dataset", required=True, help="test dataset, e.g. MVTec, mini-target or a prepared folder")
-    test.add_argument("--baseline", action="store_true", help="plain CLIP, no adapters (the 'CLIP' row)")
+    test.add_argument("--baseline", action="store_true",
+                      help="plain CLIP, no adapters (the 'CLIP' row): with --save-path, that run's backbone")
     test.add_argument("--out", help="directory for summary.md, summary.json, per_class.csv and predictions.csv "
                                     "(default: SAVE_PATH/results/DATASET, or runs/clip/DATASET with --baseline)")
     test.add_argument("--save-predictions", action="store_true",
@@ -82,6 +84,23 @@ def add_parsers(subparsers) -> None:
     describe = subparsers.add_parser("describe", parents=[common, profile], help="parameter counts and feature levels (JSON)")
     add_config_flags(describe, [*MODEL, "model.text_adapt_until", "model.image_adapt_until", "model.levels"])
     describe.set_defaults(func=run_describe, describe=True)
+
+    explore = subparsers.add_parser(
+        "explore", parents=[common], help="the heatmap explorer of test runs as one static HTML page",
+        description="Write the explorer's static view (book:protocol-explorer) for test runs saved with "
+                    "`aaclip test --save-predictions`: each image beside plain CLIP's map and AA-CLIP's level maps on "
+                    "one colour scale, the scores against the class thresholds, images ordered by score, label or most "
+                    "wrong first, and a pixel threshold with precision, recall and IoU. One self-contained file, no "
+                    "kernel and no network needed to open it.",
+    )  # fmt: skip
+    explore.add_argument("--results", nargs="+", required=True, metavar="DIR",
+                         help="AA-CLIP test folders (their predictions.npz), one per dataset")
+    explore.add_argument("--baseline", nargs="*", default=[], metavar="DIR",
+                         help="plain-CLIP test folders of the same datasets (`aaclip test --baseline --save-predictions`)")
+    explore.add_argument("--out", required=True, help="the page to write, e.g. explorer.html")
+    add_config_flags(explore, ["explore.per_class", "explore.display_size", "explore.page_mb"])
+    explore.add_argument("--quiet", action="store_true", help="no progress bars")
+    explore.set_defaults(func=run_explore)
 
 
 def add_config_flags(parser, paths) -> None:
@@ -168,9 +187,15 @@ def run_test(args) -> int:
     from aaclip.runs.evaluate import evaluate
     from aaclip.runs.inference import BASELINE, Method
 
-    if args.baseline:
+    if args.baseline and args.__dict__["runtime.save_path"] is None:
         cfg, checkpoint = config_from(args), None
         model, method = AAClip.from_config(cfg.model, cfg.runtime.data_root, cfg.resolve_device()), BASELINE
+        out = args.out or str(Path("runs") / "clip" / args.dataset)
+    elif args.baseline:  # plain CLIP on the backbone the run was trained on (found by content, as for the run)
+        cfg, run_file = run_config(args)
+        model, _ = load_run(run_file, root=cfg.runtime.data_root, pretrained=args.__dict__["model.pretrained"],
+                            device=cfg.resolve_device())
+        method, checkpoint = BASELINE, None
         out = args.out or str(Path("runs") / "clip" / args.dataset)
     else:
         if args.__dict__["runtime.save_path"] is None:
@@ -216,5 +241,25 @@ def run_describe(args) -> int:
     cfg = config_from(args)
     model = AAClip.from_config(cfg.model, cfg.runtime.data_root, device="cpu")
     print(json.dumps(model.describe(), indent=2, default=str))
+    return 0
+
+
+def run_explore(args) -> int:
+    from pathlib import Path
+
+    from aaclip import explore
+    from aaclip.io import atomic_path
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the explorer is one HTML page; give a name ending in .html")
+    cfg = Config.load("paper", overrides_from(args)).explore  # only the explore.* values matter here
+    data = explore.load_explorer(args.results, args.baseline, cfg, progress=not args.quiet)
+    data = explore.fit_budget(data, cfg.page_mb * 1e6, lambda image: explore.entry_bytes(explore.static_entry(image)))
+    page = explore.static_page(data)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    dropped = f", {data.dropped} left out for the {cfg.page_mb:g} MB budget" if data.dropped else ""
+    print(f"explorer: {data.n_images} images of {len(data.classes)} classes -> {out} ({len(page) / 1e6:.2f} MB{dropped})")
     return 0
 

@@ -28,7 +28,7 @@ from aaclip.io import atomic_path, write_json, write_text
 from aaclip.metrics import AUPRO_TITLES, METRIC_NAMES, METRIC_TITLES
 from aaclip.runs.inference import Method, normalized, predict
 
-PREDICTIONS_FORMAT = "aaclip-predictions/1"
+PREDICTIONS_FORMAT = "aaclip-predictions/2"
 CLASS_PROMPT = "a photo of a {}."  # zero-shot class recognition, CLIP's own protocol
 
 
@@ -348,13 +348,18 @@ def _markdown(result: TestResult) -> str:
 
 # ---------------------------------------------------------------------------------- files for the explorer
 def save_predictions_file(predictions: Batch, path, domain: str, n_levels: int, result: TestResult) -> Path:
-    """`path` (.npz, compressed: float16 maps, bool masks, float32 scores) + `path.json` (index). No pickles."""
+    """`path` (.npz, compressed) + `path.json` (index). No pickles.
+
+    The file keeps what every map and score is made from: each image's blurred level grids
+    (B, L, g, g) float32 (`scoring.fuse_levels` turns them into the raw map exactly as `predict`
+    does), the raw image scores, the ground truth, and the scores under the normalisation tested (a
+    check on reload). The maps themselves are rebuilt on load: at 518 px they would be 200x larger.
+    """
     path = Path(path).with_suffix(".npz")
     arrays = {
-        "anomaly_map": predictions.anomaly_map.astype(np.float16),
-        "raw_map": predictions.raw_map.astype(np.float16),
-        "pred_score": predictions.pred_score.astype(np.float32),
+        "level_grids": predictions.level_grids.astype(np.float32),
         "raw_score": predictions.raw_score.astype(np.float32),
+        "pred_score": predictions.pred_score.astype(np.float32),
         "gt_mask": predictions.masks(),
         "gt_label": predictions.labels(),
     }
@@ -364,8 +369,10 @@ def save_predictions_file(predictions: Batch, path, domain: str, n_levels: int, 
         "image_path": list(predictions.image_path),
         "dataset": result.dataset,
         "method": result.method,
+        "checkpoint": result.checkpoint,
         "domain": domain,
         "n_levels": n_levels,
+        "image_size": int(predictions.gt_mask.shape[-1]),
         "normalize": result.normalize,
         "seconds": result.seconds,
     }
@@ -375,25 +382,39 @@ def save_predictions_file(predictions: Batch, path, domain: str, n_levels: int, 
     return path
 
 
-def load_predictions(path) -> tuple[Batch, dict]:
-    """(predictions, index) from `save_predictions_file`'s pair of files."""
+def load_predictions(path, maps: bool = True, normalize: str | None = None) -> tuple[Batch, dict]:
+    """(predictions, index) from `save_predictions_file`'s pair of files.
+
+    maps=True rebuilds raw_map and anomaly_map (under `normalize`, default the one tested) from the
+    level grids and checks the rebuilt scores against the saved ones; maps=False gives the grids,
+    scores and ground truth only (what the explorer reads: no full-size maps in memory).
+    """
+    import torch
+
+    from aaclip.runs.inference import normalized
+    from aaclip.scoring import fuse_levels
+
     path = Path(path).with_suffix(".npz")
     index_path = path.with_suffix(".json")
     if not path.is_file() or not index_path.is_file():
         raise AAClipError(f"no saved predictions at {path} (+ {index_path.name}); run `aaclip test --save-predictions`")
     index = json.loads(index_path.read_text())
     if index.get("format") != PREDICTIONS_FORMAT:
-        raise AAClipError(f"{index_path}: format {index.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
+        raise AAClipError(f"{index_path}: format {index.get('format')!r}, expected {PREDICTIONS_FORMAT!r}; "
+                          "rerun `aaclip test --save-predictions` to rewrite it")
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     batch = Batch(
-        image_path=index["image_path"],
-        class_name=index["class_name"],
-        gt_label=arrays["gt_label"],
-        gt_mask=arrays["gt_mask"],
-        anomaly_map=arrays["anomaly_map"].astype(np.float32),
+        image_path=index["image_path"], class_name=index["class_name"], gt_label=arrays["gt_label"],
+        gt_mask=arrays["gt_mask"], level_grids=arrays["level_grids"], raw_score=arrays["raw_score"],
         pred_score=arrays["pred_score"],
-        raw_map=arrays["raw_map"].astype(np.float32),
-        raw_score=arrays["raw_score"],
     )
-    return batch, index
+    if not maps:
+        return batch, index
+    raw_map = fuse_levels(torch.from_numpy(batch.level_grids), index["image_size"]).numpy()
+    rebuilt = normalized(batch.replace(raw_map=raw_map), index["normalize"], index["domain"], index["n_levels"])
+    if not np.allclose(rebuilt.pred_score, batch.pred_score, atol=1e-4):
+        raise AAClipError(f"{path}: the scores rebuilt from the level grids differ from the saved ones; the file is damaged")
+    if normalize not in (None, index["normalize"]):
+        rebuilt = normalized(rebuilt, normalize, index["domain"], index["n_levels"])
+    return rebuilt, index

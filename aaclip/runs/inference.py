@@ -72,10 +72,15 @@ def features(model, method: Method, images: torch.Tensor):
 
 def score_batch(model, method: Method, images, anchors, domain: str, precision: str = "fp32"):
     """Raw anomaly maps (B, S, S) and raw image scores (B,) for one batch (book:method-scoring)."""
+    grids, raw_score = score_grids(model, method, images, anchors, domain, precision)
+    return scoring.fuse_levels(grids, model.image_size), raw_score
+
+
+def score_grids(model, method: Method, images, anchors, domain: str, precision: str = "fp32"):
+    """The blurred level grids (B, L, g, g) and raw image scores (B,): the raw maps before upsampling."""
     with torch.no_grad(), autocast(model.device, precision):
         seg, det = features(model, method, images)
-    raw_map = scoring.raw_anomaly_map(seg, anchors, domain, model.image_size)
-    return raw_map, scoring.raw_image_score(det, anchors)
+    return scoring.level_grids(seg, anchors, domain), scoring.raw_image_score(det, anchors)
 
 
 def predict_levels(model, method: Method, batch: Batch, prompt_names: dict[str, str], domain: str,
@@ -97,8 +102,8 @@ def predict_levels(model, method: Method, batch: Batch, prompt_names: dict[str, 
 def predict(model, dataset, method: Method, eval_cfg, progress: bool = True, timing: dict | None = None) -> Batch:
     """Maps and scores of every image of an AnomalyDataset, normalised as `eval_cfg.normalize` says.
 
-    Returns a Batch with gt_mask, gt_label, names, raw_map, raw_score, anomaly_map and pred_score
-    (numpy); the images themselves are not kept. `timing`, if given, receives "seconds": the
+    Returns a Batch with gt_mask, gt_label, names, level_grids, raw_map, raw_score, anomaly_map and
+    pred_score (numpy); the images themselves are not kept. `timing`, if given, receives "seconds": the
     model's share of the wall time (features and scoring, data loading excluded).
     """
     from tqdm.auto import tqdm
@@ -115,12 +120,13 @@ def predict(model, dataset, method: Method, eval_cfg, progress: bool = True, tim
     for batch in tqdm(loader, desc=f"{method.name} {info.name}", disable=not progress, leave=False):
         index = torch.tensor([classes.index(c) for c in batch.class_name], device=anchors.device)
         start = time.perf_counter()
-        raw_map, raw_score = score_batch(
+        grids, raw_score = score_grids(
             model, method, batch.image.to(model.device), anchors[index], info.domain, eval_cfg.precision
         )
+        raw_map = scoring.fuse_levels(grids, model.image_size)
         seconds += time.perf_counter() - start
         parts.append(batch.replace(
-            image=None, gt_mask=batch.masks(), gt_label=batch.labels(),
+            image=None, gt_mask=batch.masks(), gt_label=batch.labels(), level_grids=grids.float().cpu().numpy(),
             raw_map=raw_map.float().cpu().numpy(), raw_score=raw_score.float().cpu().numpy(),
         ))  # fmt: skip
     if timing is not None:
