@@ -145,7 +145,6 @@ def fake_class(n: int, size: int, seed: int):
 def compare_precisions(model, device: str, args) -> dict:
     """fp32 against bf16 on one fake class: map and metric differences, and the full evaluation's time."""
     import numpy as np
-    import torch
 
     from aaclip import metrics, scoring
     from aaclip.runs.inference import Method, anchors_for, score_batch

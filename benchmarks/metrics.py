@@ -14,7 +14,6 @@ elliptical regions in half of the images, min-max normalised over the class, flo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -257,7 +257,7 @@ def evaluation_section(r: dict) -> list[str]:
     if not pipe.get("measured"):
         return lines + [f"Whole test pipeline: not measured ({pipe['why']}).", ""]
     lines += [
-        f"### Evaluation: the whole test pipeline (`aaclip.runs.evaluate.evaluate`) at miniature scale",
+        "### Evaluation: the whole test pipeline (`aaclip.runs.evaluate.evaluate`) at miniature scale",
         "",
         f"Run evaluated: {pipe['source']}; {pipe['image_size']} px, {pipe['normalize']} normalisation, "
         f"{pipe['aupro']} AUPRO; time from loading the checkpoint to writing the result files.",

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
