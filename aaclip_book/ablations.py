@@ -120,11 +120,16 @@ def run_all(book, chosen: list[Ablation], schedule: dict) -> pd.DataFrame:
                           **means.loc[cfg.runtime.save_path].to_dict()} for (ablation, seed), cfg in zip(jobs, cfgs)])
 
 
+def variant_stats(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over seeds of each figure, per (group, variant), the reference first."""
+    return table.groupby(["group", "variant"], sort=False)[list(FIGURES)].agg(["mean", "std"])
+
+
 def effect_table(table: pd.DataFrame, chosen: list[Ablation]) -> pd.DataFrame:
     """Per variant: mean ± sd over seeds of each figure, the difference from the reference, whether it
     exceeds 2 pooled sd, and, where the paper reports an effect, whether the miniature reproduces it.
     With a single seed there is no noise estimate: no difference is marked and no verdict given."""
-    stats = table.groupby(["group", "variant"], sort=False)[list(FIGURES)].agg(["mean", "std"])
+    stats = variant_stats(table)
     reference = stats.iloc[0]
     rows = []
     for ablation in chosen:
@@ -132,11 +137,10 @@ def effect_table(table: pd.DataFrame, chosen: list[Ablation]) -> pd.DataFrame:
         out = {"group": ablation.group, "variant": ablation.name}
         for metric in FIGURES:
             mean, sd = row[(metric, "mean")], row[(metric, "std")]
-            delta, noise = difference(row, reference, metric)
+            delta, _ = difference(row, reference, metric)
             out[metric] = f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if sd == sd else "")
-            marked = noise is not None and abs(delta) > 2 * noise and ablation.changes
-            out[f"Δ {metric}"] = f"{100 * delta:+.1f}" + (" *" if marked else "")
-        out["paper"] = verdict(ablation, row, reference)
+            out[f"Δ {metric}"] = f"{100 * delta:+.1f}" + (" *" if ablation.changes and beyond_noise(row, reference, metric) else "")
+        out["paper"] = f"paper: {ablation.paper}; " + verdict(ablation, row, reference) if ablation.paper else ""
         rows.append(out)
     return pd.DataFrame(rows).set_index(["group", "variant"])
 
@@ -150,17 +154,37 @@ def difference(row, reference, metric: str) -> tuple[float, float | None]:
     return delta, math.sqrt((sds[0] ** 2 + sds[1] ** 2) / 2)
 
 
+def beyond_noise(row, reference, metric: str) -> bool:
+    delta, noise = difference(row, reference, metric)
+    return noise is not None and abs(delta) > 2 * noise
+
+
 def verdict(ablation: Ablation, row, reference) -> str:
-    """'reproduced', 'not reproduced' or 'within seed noise' for a variant the paper reports on (pixel AUROC)."""
-    if not ablation.paper:
-        return ""
+    """'reproduced', 'not reproduced', 'within seed noise' or 'one seed, no noise estimate' for a variant
+    the paper reports on (pixel AUROC)."""
     delta, noise = difference(row, reference, "pixel_auroc")
     if noise is None:
-        return f"paper: {ablation.paper}; one seed, no noise estimate"
+        return "one seed, no noise estimate"
     if abs(delta) <= 2 * noise:
-        return f"paper: {ablation.paper}; here within seed noise"
-    lower = delta < 0
-    return f"paper: {ablation.paper}; " + ("reproduced" if lower == (ablation.paper == "lower") else "not reproduced")
+        return "here within seed noise"
+    return "reproduced" if (delta < 0) == (ablation.paper == "lower") else "not reproduced"
+
+
+def findings(table: pd.DataFrame, chosen: list[Ablation]) -> dict:
+    """What the prose says: the variants whose pixel AUROC differs from the reference beyond 2 sd, and
+    the paper's reported effects by verdict ("none" where a list is empty)."""
+    stats = variant_stats(table)
+    reference = stats.iloc[0]
+    row = lambda a: stats.loc[(a.group, a.name)]
+    named = lambda names: ", ".join(names) or "none"
+    effects = [a.name for a in chosen if a.changes and beyond_noise(row(a), reference, "pixel_auroc")]
+    reported = [(a.name, verdict(a, row(a), reference)) for a in chosen if a.paper]
+    return {
+        "n_effects": len(effects), "effects": named(effects), "n_reported": len(reported),
+        "reproduced": named([n for n, v in reported if v == "reproduced"]),
+        "not_reproduced": named([n for n, v in reported if v == "not reproduced"]),
+        "within_noise": named([n for n, v in reported if v not in ("reproduced", "not reproduced")]),
+    }  # fmt: skip
 
 
 def reference_numbers(table: pd.DataFrame) -> dict:

@@ -48,6 +48,13 @@ def moved_numbers(before_after: pd.DataFrame) -> dict:
     return {f"{when}_{role}": float(moved.loc[role, when]) for role in moved.index for when in ("before", "after")}
 
 
+def direction_numbers(agreement: pd.DataFrame) -> dict:
+    """{"dir_seen_unseen_before": ..., "dir_seen_unseen_after": ...} for the prose."""
+    key = lambda pair: pair.replace(" x ", "_")
+    return {f"dir_{key(pair)}_{when}": float(agreement.loc[pair, method])
+            for pair in agreement.index for method, when in (("CLIP", "before"), ("AA-CLIP", "after"))}
+
+
 def orthogonality_effect(model, cfg, progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """Stage 1 with and without the orthogonality term: per-class anchor cosines of both and plain CLIP.
 

@@ -44,6 +44,35 @@ def anchor_cosine_table(model, cfg, roles: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def direction_agreement(model, cfg, roles: dict[str, str]) -> pd.DataFrame:
+    """How much the classes' anomaly directions agree, plain CLIP vs the adapted text encoder.
+
+    A class's anomaly direction is its abnormal anchor minus its normal one, normalised: the
+    direction in which a patch feature must move to score as anomalous. Per pair of roles (e.g.
+    seen x seen, seen x unseen), the mean cosine between the directions of two different classes:
+    near 1, one shared meaning of "abnormal"; near 0, one unrelated direction per class.
+    """
+    from aaclip.data.registry import get_dataset
+    from aaclip.runs.inference import anchors_for
+
+    rows = []
+    for method in METHODS:
+        directions = {}
+        for dataset, role in roles.items():
+            names = list(get_dataset(dataset, cfg.runtime.data_root).prompt_names.values())
+            anchors = anchors_for(model, method_of(method, cfg), names, cfg.eval.precision)  # (C, D, 2)
+            directions[role] = F.normalize((anchors[..., 1] - anchors[..., 0]).float(), dim=-1)  # (C, D)
+        kept = list(directions)
+        for i, first in enumerate(kept):
+            for second in kept[i:]:
+                cos = directions[first] @ directions[second].T  # (C1, C2)
+                if first == second:  # leave out each class with itself
+                    cos = cos[~torch.eye(len(cos), dtype=torch.bool)]
+                rows.append({"pair": f"{first} x {second}", "method": method, "agreement": float(cos.mean())})
+    return pd.DataFrame(rows).pivot(index="pair", columns="method", values="agreement")[list(METHODS)]
+
+
 def mean_cosines(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean anchor cosine per role (rows) and method (columns)."""
     return frame.groupby(["role", "method"])["cosine"].mean().unstack()

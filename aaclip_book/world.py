@@ -75,10 +75,22 @@ def pretraining_figure(book, pairs: int = 6):
 
 
 def pretraining_table(book):
-    """How the tiny CLIP was pretrained (the world's record), or a note at paper scale."""
+    """How the tiny CLIP was pretrained (the world's record; for shipped weights, their manifest), or a note
+    at paper scale."""
     if book.world is None:
         return Markdown("*No pretraining record: the backbone's weights were not made by this book.*")
-    return pd.Series(book.world["pretraining"], name="tiny CLIP pretraining").to_frame()
+    record = book.world["pretraining"]
+    rows = {"pictures": record["images"], "epochs": record["epochs"], "optimiser steps": record["steps"],
+            "final contrastive loss": round(record["final_loss"], 4)}
+    if record.get("shipped"):
+        made_on = record["made_on"]
+        rows |= {"made by": record["command"], "pretraining code (sha256)": record["code_digest"][:16] + "...",
+                 "pretraining time": f"{record['pretraining_seconds'] / 60:.1f} min",
+                 "made with": f"torch {made_on['torch']}, Python {made_on['python']}, {made_on['machine']}",
+                 "in this build": "shipped weights, hashes and code digest checked"}
+    else:
+        rows["in this build"] = "pretrained from scratch"
+    return pd.Series(rows, name="tiny CLIP pretraining").to_frame()
 
 
 def evidence(book, model, sets: dict) -> dict:

@@ -39,15 +39,11 @@ SUMMARY = "summary.json"
 TINY_CLIP_DIR = "tiny_clip"
 PROFILE_OF_SIZE = {"default": "miniature", "smoke": "smoke"}
 SIZE_OF_PROFILE = {profile: size for size, profile in PROFILE_OF_SIZE.items()}
-SETTINGS_OF_SIZE = {  # pretraining recipe per size: epochs over the drawn set, batch 64
-    "default": {"epochs": 12},  # 744 steps
-    "smoke": {"epochs": 3},  # 30 steps: enough to beat random initialisation, not to be good
-}
 # The code each part depends on: changing it invalidates the part's cache.
 _WORLD = ("aaclip_miniature.catalog", "aaclip_miniature.render", "aaclip_miniature.generate")
 PART_SOURCES = {
     "datasets": (*_WORLD, "aaclip_miniature.defects"),
-    "tiny_clip": (*_WORLD, "aaclip_miniature.tiny_clip"),
+    "tiny_clip": (*_WORLD, "aaclip_miniature.defects", "aaclip_miniature.tiny_clip"),  # pretraining draws marks
     "evidence": (
         "aaclip_miniature.evidence", "aaclip.prompts", "aaclip.runs.inference", "aaclip.runs.evaluate",
         "aaclip.model", "aaclip.backbone", "aaclip.scoring", "aaclip.metrics", "aaclip.data.dataset",
@@ -115,29 +111,60 @@ def build_datasets(out: Path, size: str, seed: int, progress: bool) -> dict:
 
 
 def build_tiny_clip(out: Path, size: str, seed: int, progress: bool) -> dict:
+    """The world's tiny CLIP: the shipped weights where the size has them (checked, then copied), else
+    pretrained here."""
+    from aaclip_miniature import shipped
+
+    start = time.perf_counter()
+    directory = out / TINY_CLIP_DIR
+    shutil.rmtree(directory, ignore_errors=True)
+    if size in shipped.SHIPPED_SIZES:
+        manifest = shipped.install(size, seed, code_digest(PART_SOURCES["tiny_clip"]), directory)
+        files = hash_files(out, sorted(p for p in directory.iterdir() if p.is_file()))
+        recipe = {k: manifest[k] for k in ("images", "epochs", "steps", "final_loss")}
+        recipe |= {"shipped": True, "command": manifest["command"], "code_digest": manifest["code_digest"],
+                   "pretraining_seconds": manifest["seconds"], "made_on": manifest["made_on"]}
+        seconds = time.perf_counter() - start
+        return {"files": files, "seconds": seconds, "drawing": 0.0, "training": seconds, "pretraining": recipe}
+    record = pretrain_into(directory, size, seed, progress)
+    files = hash_files(out, sorted(p for p in directory.iterdir() if p.is_file()))
+    recipe = {k: record[k] for k in ("images", "epochs", "steps", "final_loss")} | {"shipped": False}
+    return {"files": files, "seconds": time.perf_counter() - start, "drawing": record["drawing"],
+            "training": record["training"], "pretraining": recipe}
+
+
+def pretrain_into(directory: Path, size: str, seed: int, progress: bool) -> dict:
+    """Draw the pretraining set, pretrain a fresh tiny CLIP with the size's recipe, save its open_clip
+    folder (with the captions it saw) in `directory`; returns what it cost and reached."""
     import torch
 
     from aaclip_miniature import generate, tiny_clip
 
     start = time.perf_counter()
-    directory = out / TINY_CLIP_DIR
-    shutil.rmtree(directory, ignore_errors=True)
     images, captions, pictures = generate.pretrain_set(
         SIZES[size]["pretrain"], seed, SIZES[size]["image_px"], tiny_clip.NATIVE_SIZE, progress
     )
     drawn = time.perf_counter()
     tokenizer = tiny_clip.get_tokenizer()
     tokens = torch.stack([tokenizer(texts) for texts in equal_count(captions)])
-    settings = tiny_clip.PretrainSettings(**SETTINGS_OF_SIZE[size])
+    settings = tiny_clip.PretrainSettings(**tiny_clip.RECIPES[size])
     model, history = tiny_clip.pretrain(images, tokens, settings, seed, progress)
     extra = {"pretrain_images": len(images), "history": history, "image_px": SIZES[size]["image_px"]}
-    written = tiny_clip.save(model, directory, settings, seed, extra)
-    captions_file = generate.write_captions(directory / "pretrain_captions.jsonl", pictures)
-    files = hash_files(out, [written["weights"], written["config"], written["recipe"], captions_file])
-    timing = {"drawing": drawn - start, "training": time.perf_counter() - drawn}
-    steps = tiny_clip.pretrain_steps(len(images), settings)
-    recipe = {"images": len(images), "epochs": settings.epochs, "steps": steps, "final_loss": history[-1]["loss"]}
-    return {"files": files, "seconds": time.perf_counter() - start, **timing, "pretraining": recipe}
+    tiny_clip.save(model, directory, settings, seed, extra)
+    generate.write_captions(directory / "pretrain_captions.jsonl", pictures)
+    return {"images": len(images), "epochs": settings.epochs, "steps": tiny_clip.pretrain_steps(len(images), settings),
+            "final_loss": history[-1]["loss"], "drawing": drawn - start, "training": time.perf_counter() - drawn}
+
+
+def make_shipped(size: str, seed: int = 0, progress: bool = True) -> dict:
+    """`aaclip miniature --pretrain`: pretrain the size's tiny CLIP and write it as its shipped weights."""
+    from aaclip_miniature import shipped
+
+    if size not in shipped.SHIPPED_SIZES:
+        raise AAClipError(f"size {size!r} pretrains in every build; shipped weights are made for "
+                          f"{', '.join(shipped.SHIPPED_SIZES)}")
+    return shipped.make(size, seed, code_digest(PART_SOURCES["tiny_clip"]),
+                        lambda directory: pretrain_into(directory, size, seed, progress), progress)
 
 
 def build_evidence(out: Path, size: str, seed: int, parts: dict, progress: bool) -> dict:
@@ -200,7 +227,12 @@ def build_lock(out: Path):
 
 
 def part_key(part: str, size: str, seed: int) -> dict:
-    return {"world_version": WORLD_VERSION, "size": size, "seed": seed, "code": code_digest(PART_SOURCES[part])}
+    from aaclip_miniature import shipped
+
+    key = {"world_version": WORLD_VERSION, "size": size, "seed": seed, "code": code_digest(PART_SOURCES[part])}
+    if part == "tiny_clip" and size in shipped.SHIPPED_SIZES:  # new shipped weights make a new world
+        key["shipped"] = file_hash(shipped.folder(size) / shipped.MANIFEST)
+    return key
 
 
 def code_digest(modules: tuple[str, ...]) -> str:

@@ -66,7 +66,7 @@ UNSEEN_DEFECTS = tuple(
 # Normal images are NORMAL_SHARE of each class: real sets run from 27% normal (MVTec-AD) to
 # 44% (VisA); the miniature keeps 40%.
 SIZES = {
-    "default": {"mini-aux": 48, "mini-target": 40, "mini-scan": 120, "pretrain": 4000, "image_px": 96},
+    "default": {"mini-aux": 48, "mini-target": 40, "mini-scan": 120, "pretrain": 24000, "image_px": 96},
     "smoke": {"mini-aux": 10, "mini-target": 10, "mini-scan": 20, "pretrain": 640, "image_px": 96},
 }
 NORMAL_SHARE = 0.4

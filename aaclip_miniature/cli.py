@@ -22,6 +22,10 @@ def add_parsers(subparsers) -> None:
         "--out", type=Path, help="output folder (default: the data_root of the matching profile, "
         "data/miniature or data/miniature-smoke)"
     )  # fmt: skip
+    parser.add_argument("--pretrain", action="store_true",
+                        help="pretrain the size's tiny CLIP and write it as the weights that ship with the code "
+                             "(aaclip_miniature/weights/SIZE, with a manifest: command, seed, code digest, sha256, "
+                             "time, final loss); the world builds then check and use them")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_miniature)
 
@@ -39,6 +43,14 @@ def run_miniature(args: argparse.Namespace) -> int:
 
     profile = profile_of(args.size)
     profile.apply_threads()  # the profile's thread count holds for the world's pretraining too
+    if args.pretrain:
+        from aaclip_miniature.build import make_shipped
+        from aaclip_miniature.shipped import folder
+
+        manifest = make_shipped(args.size, args.seed, progress=not args.quiet)
+        print(f"shipped tiny CLIP in {folder(args.size)}: {manifest['steps']} steps on {manifest['images']} images in "
+              f"{manifest['seconds']:.0f} s, final loss {manifest['final_loss']:.3f}, code {manifest['code_digest'][:12]}")
+        return 0
     out = args.out or Path(profile.runtime.data_root)
     summary = build_world(out, size=args.size, seed=args.seed, progress=not args.quiet)
     print(format_summary(out, summary))

@@ -29,7 +29,7 @@ def apply(kind: str, layers: Layers, rng: np.random.Generator, subtle: bool = Fa
     composite = layers.composite()
     minimum = max(4, int(0.0012 * layers.size**2))
     for _ in range(50):  # a draw can fall mostly off the object: draw again
-        new, mask = DEFECTS[kind](layers, composite, rng, subtle)
+        new, mask, _ = DEFECTS[kind](layers, composite, rng, subtle)
         if mask.sum() >= minimum:
             return np.where(mask[..., None], new, composite).astype(np.float32), mask
     raise DefectError(f"could not place a {kind} defect after 50 tries")
@@ -92,10 +92,24 @@ def blend(composite: np.ndarray, colour, amount: float) -> np.ndarray:
     return composite * (1.0 - amount) + np.asarray(colour, np.float32) * amount
 
 
-def far_colour(reference: np.ndarray, rng: np.random.Generator, names=FOREIGN, at_least: float = 0.45) -> np.ndarray:
-    """A colour clearly different from `reference` (so the defect is visible)."""
-    choices = [rgb(n) for n in names if np.abs(rgb(n) - reference).sum() >= at_least]
-    return choices[rng.integers(len(choices))] if choices else 1.0 - reference
+def far_colour(reference: np.ndarray, rng: np.random.Generator, names=FOREIGN, at_least: float = 0.45):
+    """(name, colour) clearly different from `reference` (so the defect is visible)."""
+    choices = [n for n in names if np.abs(rgb(n) - reference).sum() >= at_least]
+    if not choices:
+        return ("pale" if reference.mean() < 0.5 else "dark"), 1.0 - reference
+    name = choices[rng.integers(len(choices))]
+    return name, rgb(name)
+
+
+# The defects' scale, chosen against a linear probe of the frozen tiny CLIP's patch features (the
+# ceiling any AA-CLIP can reach; book:protocol-miniature): one pixel wider strokes and 30% larger
+# spots than the first design (its 1-2 px strokes fell between the 8 px patches), deformations 30%
+# deeper, and a deformation's mask only where it visibly changed the picture (> 0.1, closed).
+THICK = 1  # extra width of a non-subtle stroke, in pixels
+SPOT = 1.3  # scale of a non-subtle spot's radii
+LESION_BRIGHT = 0.6  # share of bright lesions on the scans
+DEFORM_AMP = 1.3  # scale of a non-subtle deformation's amplitude
+DEFORM_THRESHOLD = 0.1  # a deformation's mask: pixels changed by more than this, closed
 
 
 # ---------------------------------------------------------------------------- kinds
@@ -103,10 +117,11 @@ def scratch(layers, composite, rng, subtle):
     size = layers.size
     length = size * (rng.uniform(0.1, 0.18) if subtle else rng.uniform(0.18, 0.4))
     points = wander(pick_point(layers.region, rng), 6, length / 6, rng.uniform(0, 2 * np.pi), 0.15, rng)
-    mask = stroke(size, points, 1 if subtle else int(rng.integers(1, 3))) & on_object(layers)
-    tone = 1.0 if rng.uniform() < 0.5 else 0.05
+    mask = stroke(size, points, 1 if subtle else int(rng.integers(1, 3)) + THICK) & on_object(layers)
+    light = rng.uniform() < 0.5
+    tone = 1.0 if light else 0.05
     amount = rng.uniform(0.35, 0.5) if subtle else rng.uniform(0.55, 0.8)
-    return blend(composite, tone, amount), mask
+    return blend(composite, tone, amount), mask, "a thin light line" if light else "a thin dark line"
 
 
 def crack(layers, composite, rng, subtle):
@@ -114,20 +129,21 @@ def crack(layers, composite, rng, subtle):
     step = size * 0.03
     start, angle = pick_point(layers.region, rng), rng.uniform(0, 2 * np.pi)
     trunk = wander(start, int(rng.integers(5, 8) if subtle else rng.integers(8, 14)), step, angle, 0.7, rng)
-    mask = stroke(size, trunk, 1 if subtle else 2)
+    mask = stroke(size, trunk, 1 if subtle else 2 + THICK)
     for _ in range(0 if subtle else int(rng.integers(1, 3))):  # branches: what makes a crack a crack
         fork = trunk[int(rng.integers(1, len(trunk) - 1))]
         turn = angle + rng.choice([-1, 1]) * 0.9
-        mask |= stroke(size, wander(fork, int(rng.integers(3, 6)), step, turn, 0.6, rng), 1)
-    return blend(composite, 0.03, 0.6 if subtle else 0.85), mask & on_object(layers)
+        mask |= stroke(size, wander(fork, int(rng.integers(3, 6)), step, turn, 0.6, rng), 1 + THICK)
+    look = "a jagged dark line" if subtle else "a branching dark line"
+    return blend(composite, 0.03, 0.6 if subtle else 0.85), mask & on_object(layers), look
 
 
 def hole(layers, composite, rng, subtle):
     size = layers.size
-    radii = size * (rng.uniform(0.025, 0.04, 2) if subtle else rng.uniform(0.04, 0.08, 2))
+    radii = size * (rng.uniform(0.025, 0.04, 2) if subtle else SPOT * rng.uniform(0.04, 0.08, 2))
     mask = ellipse_mask(size, pick_point(layers.region, rng), tuple(radii), rng.uniform(0, np.pi))
     # a through-hole shows what lies beneath, in the shadow of its wall
-    return layers.under * 0.55, mask & on_object(layers)
+    return layers.under * 0.55, mask & on_object(layers), "a dark round spot"
 
 
 def stain(layers, composite, rng, subtle):
@@ -136,23 +152,27 @@ def stain(layers, composite, rng, subtle):
     radius = size * (rng.uniform(0.04, 0.07) if subtle else rng.uniform(0.06, 0.12))
     mask = blob_mask(size, centre, radius, rng) & on_object(layers)
     local = composite[int(centre[1]), int(centre[0])]
-    tint = far_colour(local, rng, ("brown", "yellow", "black", "orange", "white"), at_least=0.6)
-    return blend(composite, tint, rng.uniform(0.25, 0.35) if subtle else rng.uniform(0.4, 0.65)), mask
+    name, tint = far_colour(local, rng, ("brown", "yellow", "black", "orange", "white"), at_least=0.6)
+    amount = rng.uniform(0.25, 0.35) if subtle else rng.uniform(0.4, 0.65)
+    return blend(composite, tint, amount), mask, f"a {name} blotch"
 
 
 def contamination(layers, composite, rng, subtle):
     size = layers.size
     centre = pick_point(layers.region, rng)
-    colour = far_colour(composite[int(centre[1]), int(centre[0])], rng)
+    name, colour = far_colour(composite[int(centre[1]), int(centre[0])], rng)
     if rng.uniform() < 0.5:  # specks of foreign matter
         mask = np.zeros((size, size), bool)
         for _ in range(int(rng.integers(2, 4) if subtle else rng.integers(3, 8))):
             spot = centre + rng.normal(0, size * 0.04, 2)
-            mask |= ellipse_mask(size, spot, tuple(rng.uniform(0.8, 2.0, 2) * size / 96), rng.uniform(0, np.pi))
+            radii = rng.uniform(0.8, 2.0, 2) * size / 96 * (1.0 if subtle else SPOT)
+            mask |= ellipse_mask(size, spot, tuple(radii), rng.uniform(0, np.pi))
+        look = f"{name} specks"
     else:  # a fibre
         length = size * (rng.uniform(0.1, 0.18) if subtle else rng.uniform(0.18, 0.35))
-        mask = stroke(size, wander(centre, 8, length / 8, rng.uniform(0, 2 * np.pi), 0.5, rng), 1)
-    return blend(composite, colour, 0.9), mask & on_object(layers)
+        mask = stroke(size, wander(centre, 8, length / 8, rng.uniform(0, 2 * np.pi), 0.5, rng), 1 + (0 if subtle else THICK))
+        look = f"a {name} fibre"
+    return blend(composite, colour, 0.9), mask & on_object(layers), look
 
 
 def missing_part(layers, composite, rng, subtle):
@@ -160,13 +180,13 @@ def missing_part(layers, composite, rng, subtle):
     radius = size * (rng.uniform(0.04, 0.06) if subtle else rng.uniform(0.07, 0.12))
     if layers.alpha.min() >= 1.0:  # a texture: the pattern is gone down to its backing
         mask = blob_mask(size, pick_point(layers.region, rng), radius, rng)
-        return np.broadcast_to(layers.under, composite.shape), mask
+        return np.broadcast_to(layers.under, composite.shape), mask, "a bare patch"
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     centre = pick_edge_point(layers, rng)
     bite = np.hypot(xs - centre[0], ys - centre[1]) < radius
     alpha = np.where(bite, 0.0, layers.alpha)[..., None]
     new = alpha * layers.surface + (1 - alpha) * layers.under
-    return new, changed(new, composite)
+    return new, changed(new, composite), "a notch in its edge"
 
 
 def deformation(layers, composite, rng, subtle):
@@ -175,21 +195,30 @@ def deformation(layers, composite, rng, subtle):
     texture = layers.alpha.min() >= 1.0
     centre = pick_point(layers.region, rng) if texture else pick_edge_point(layers, rng)
     sigma = size * (rng.uniform(0.04, 0.06) if subtle else rng.uniform(0.06, 0.09))
-    amplitude = size * (rng.uniform(0.025, 0.04) if subtle else rng.uniform(0.045, 0.07))
+    amplitude = size * (rng.uniform(0.025, 0.04) if subtle else DEFORM_AMP * rng.uniform(0.045, 0.07))
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     offset = np.stack([xs - centre[0], ys - centre[1]])
     falloff = np.exp(-(offset**2).sum(0) / (2 * sigma**2))
     if texture:  # a swirl: the pattern rotates around the centre
         direction = np.stack([-offset[1], offset[0]]) / sigma
+        look = "a swirl in its pattern"
     else:  # push along a random direction: a dent if inward, a bulge if outward
         angle = rng.uniform(0, 2 * np.pi)
         direction = np.array([np.cos(angle), np.sin(angle)])[:, None, None] * np.ones((1, size, size))
+        gy, gx = np.gradient(layers.alpha)
+        i, j = min(int(centre[1]), size - 1), min(int(centre[0]), size - 1)
+        outward = -np.array([gx[i, j], gy[i, j]])
+        along = float(np.dot(outward / (np.linalg.norm(outward) + 1e-9), [np.cos(angle), np.sin(angle)]))
+        look = "a bulge in its outline" if along > 0.3 else "a dent in its outline" if along < -0.3 else "a kink in its outline"
     source = np.stack([ys, xs]) - 0.5 - amplitude * falloff * direction[::-1]
     warp = lambda image: ndimage.map_coordinates(image, source, order=1, mode="nearest")
     alpha = layers.alpha if texture else warp(layers.alpha)
     surface = np.stack([warp(layers.surface[..., c]) for c in range(3)], -1)
     new = alpha[..., None] * surface + (1 - alpha[..., None]) * layers.under
-    return new, changed(new, composite) & (falloff > 0.01)
+    if DEFORM_THRESHOLD is None:
+        return new, changed(new, composite) & (falloff > 0.01), look
+    visible = np.abs(new - composite).max(-1) > DEFORM_THRESHOLD
+    return new, ndimage.binary_closing(visible, iterations=1) & (falloff > 0.01), look
 
 
 def lesion(layers, composite, rng, subtle):
@@ -198,15 +227,17 @@ def lesion(layers, composite, rng, subtle):
     centre = pick_point(layers.region, rng)
     radius = size * (rng.uniform(0.035, 0.055) if subtle else rng.uniform(0.055, 0.1))
     mask = blob_mask(size, centre, radius, rng, roughness=0.25) & layers.region
-    bright = rng.uniform() < 0.6
+    bright = rng.uniform() < LESION_BRIGHT
     if subtle:
         new = composite + 0.14 if bright else composite * 0.7
     else:
         new = composite * 0.4 + 0.55 if bright else composite * 0.35
+    look = "a bright spot" if bright else "a dark spot"
     if not subtle and rng.uniform() < 0.5:  # a ring-enhancing lesion: bright rim, dark core
         core = ndimage.binary_erosion(mask, iterations=max(1, int(radius * 0.35)))
         new = np.where(core[..., None], composite * 0.45, composite * 0.3 + 0.65)
-    return np.clip(new, 0.0, 1.0), mask
+        look = "a bright ring"
+    return np.clip(new, 0.0, 1.0), mask, look
 
 
 def changed(new: np.ndarray, old: np.ndarray, threshold: float = 0.03) -> np.ndarray:
@@ -218,16 +249,43 @@ def changed(new: np.ndarray, old: np.ndarray, threshold: float = 0.03) -> np.nda
 MARK_TONES = {"bright": 0.9, "dark": 0.08}  # scans are grayscale: a mark there is told by its tone
 
 
+# What the pretraining marks look like. A web-scale CLIP has seen cracked, stained and broken things,
+# described by what is there; what it lacks is words that call them wrong. So the marks are the
+# defect kinds themselves (and plain lines, dots and patches), each captioned by its look ("a
+# branching dark line", "a notch in its edge", "brown specks"), never by a word of judgement.
+MARK_KINDS = ("scratch", "crack", "hole", "stain", "missing_part", "contamination", "deformation",
+              "line", "dots", "patch")
+SCAN_MARK_KINDS = ("lesion", "line", "dots", "patch")
+MARK_SUBTLE = 0.3  # share of marks drawn with a defect kind's subtle size
+
+
 def mark(layers: Layers, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """(composite with one neutral mark, its caption phrase), for pretraining pictures only.
 
-    A mark is a line, dots or a patch in a world colour, drawn with the defects' own shapes, and
-    its phrase ("a blue line", "red dots", "a bright patch") says what is there, never that it
-    is wrong: the tiny CLIP learns to see marks on things, as a web-trained CLIP has seen
-    scratches and stains, without learning that they are defects.
+    A mark is one of `MARK_KINDS` (`SCAN_MARK_KINDS` on the grayscale scans) drawn with the defects'
+    own shapes, and its phrase says what is there, never that it is wrong: the tiny CLIP learns to
+    see marks on things, as a web-trained CLIP has seen scratches and stains, without learning that
+    they are defects.
     """
+    kinds = SCAN_MARK_KINDS if layers.grayscale else MARK_KINDS
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind in DEFECTS:
+        composite = layers.composite()
+        minimum = max(4, int(0.0012 * layers.size**2))
+        for _ in range(50):
+            subtle = bool(rng.uniform() < MARK_SUBTLE)
+            new, area, phrase = DEFECTS[kind](layers, composite, rng, subtle)
+            if area.sum() < minimum:
+                continue
+            return np.where(area[..., None], new, composite).astype(np.float32), phrase
+        raise DefectError(f"could not place a {kind} mark after 50 tries")
+    out, _, phrase = plain_mark(layers, rng, kind)
+    return out, phrase
+
+
+def plain_mark(layers: Layers, rng: np.random.Generator, shape: str):
+    """A line, dots or a patch in a world colour (grayscale tones on scans), drawn with the defects' own shapes."""
     size, composite = layers.size, layers.composite()
-    shape = tuple(MARK_DRAWERS)[int(rng.integers(len(MARK_DRAWERS)))]
     palette = MARK_TONES if layers.grayscale else {name: rgb(name) for name in COLOURS}
     for _ in range(50):
         centre = pick_point(layers.region, rng)
@@ -240,7 +298,7 @@ def mark(layers: Layers, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         if area.sum() >= 12:
             new = blend(composite, palette[name], rng.uniform(0.7, 0.95))
             phrase = f"{name} dots" if shape == "dots" else f"a {name} {shape}"
-            return np.where(area[..., None], new, composite).astype(np.float32), phrase
+            return np.where(area[..., None], new, composite).astype(np.float32), area, phrase
     raise DefectError("could not place a mark after 50 tries")
 
 

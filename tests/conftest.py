@@ -6,10 +6,10 @@ suite, so every test that needs them shares these.
 Every test runs torch on one thread: the models here are tiny, and the suite shares two cores
 with the background build below (two threads each on two cores made both wait on each other).
 
-Tests marked `default_world` need the default-size world, whose tiny CLIP takes about six
-minutes to pretrain. When such a test is selected, its build starts at collection in a
-background process on one thread, and the tests move to the end of the run, so the wait
-overlaps the rest of the suite instead of adding to it.
+Tests marked `default_world` need the default-size world: its tiny CLIP ships with the code, but
+drawing its datasets and measuring its evidence still take minutes. When such a test is selected,
+its build starts at collection in a background process on one thread, and the tests move to the
+end of the run, so the wait overlaps the rest of the suite instead of adding to it.
 """
 
 from __future__ import annotations

@@ -195,3 +195,20 @@ def test_the_gpu_check_runs_at_a_tiny_size_on_cpu_and_the_table_shows_it(bench, 
     assert "### GPU check" in table and "fp32 against bf16" in table
     script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
     assert "--device cuda" in script and "--batch-sizes 1 8 32" in script and "--compile off on" in script
+
+
+@pytest.mark.slow
+def test_the_probe_measures_what_the_frozen_features_tell_on_every_level(bench, smoke_world, tmp_path):
+    """The ceiling figure of book:protocol-miniature: a probe per level and on all levels, held-out aux
+    classes and zero-shot mini-target, and its map's per-class pixel AUROC on both targets."""
+    out = tmp_path / "probe.json"
+    bench("probe").main(["--data-root", str(smoke_world), "--profile", "smoke", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "probe" and written["settings"]["levels"] == [2, 4, 6, 8]
+    levels = written["results"]["levels"]
+    assert set(levels) == {"2", "4", "6", "8", "all"}
+    assert all(0 <= v[k] <= 1 for v in levels.values() for k in ("heldout_aux", "target"))
+    maps = written["results"]["map_pixel_auroc"]
+    assert set(maps["mini-target"]["per_class"]) == {"nut", "capsule", "bottle", "screw", "weave", "grain", "tile"}
+    assert maps["mini-scan"]["per_class"].keys() == {"brain"}
+    assert maps["mini-target"]["mean"] == pytest.approx(sum(maps["mini-target"]["per_class"].values()) / 7, abs=1e-3)

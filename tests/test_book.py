@@ -215,7 +215,7 @@ def test_an_undefined_image_metric_stays_undefined_over_seeds_not_zero():
 def test_one_seed_marks_no_ablation_effect_and_gives_no_verdict():
     import pandas as pd
 
-    from aaclip_book.ablations import Ablation, effect_table
+    from aaclip_book.ablations import Ablation, effect_table, findings
 
     chosen = [Ablation("reference", "reference", {}), Ablation("levels", "last level only", {"model.levels": [4]},
                                                                paper="lower")]
@@ -232,3 +232,32 @@ def test_one_seed_marks_no_ablation_effect_and_gives_no_verdict():
     assert three.loc[("levels", "last level only"), "Δ pixel_auroc"] == "-20.0 *"
     assert three.loc[("levels", "last level only"), "paper"].endswith("reproduced")
     assert not three.loc[("levels", "last level only"), "paper"].endswith("not reproduced")
+    said = findings(table([111, 0, 1], [0.80, 0.81, 0.79], [0.60, 0.61, 0.59]), chosen)  # what the prose glues
+    assert (said["effects"], said["reproduced"], said["not_reproduced"]) == ("last level only", "last level only", "none")
+    assert findings(table([111], [0.8], [0.6]), chosen)["effects"] == "none"
+
+
+def test_direction_agreement_tells_a_shared_abnormal_direction_from_one_per_class(smoke_cfg, monkeypatch):
+    """Chapter 2's direction table: classes whose abnormal anchor moves the same way from the normal
+    one agree at 1; classes that each move their own orthogonal way agree at 0 (seen and unseen alike)."""
+    import torch
+
+    import aaclip.runs.inference as inference
+    from aaclip_book import training, unawareness
+
+    def anchors_for(model, method, names, precision="fp32"):
+        normal = torch.nn.functional.normalize(torch.ones(len(names), 16), dim=-1)
+        if method is inference.BASELINE:  # one shared direction
+            step = torch.zeros(len(names), 16)
+            step[:, 0] = 1.0
+        else:  # one direction per class, orthogonal to the others (and to the shared one)
+            step = torch.eye(16)[1 : 1 + len(names)] * (1 + torch.arange(len(names))[:, None])
+        return torch.stack([normal, normal + step], dim=-1)  # (C, D, 2)
+
+    monkeypatch.setattr(inference, "anchors_for", anchors_for)
+    table = unawareness.direction_agreement(None, smoke_cfg, training.roles(smoke_cfg))
+    assert list(table.index) == ["seen x seen", "seen x unseen", "unseen x unseen"]
+    assert table["CLIP"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert table.loc[["seen x seen", "unseen x unseen"], "AA-CLIP"].tolist() == pytest.approx([0.0, 0.0])
+    numbers = training.direction_numbers(table)
+    assert numbers["dir_seen_unseen_before"] == pytest.approx(1.0) and "dir_seen_seen_after" in numbers

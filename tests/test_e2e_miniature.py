@@ -34,6 +34,9 @@ from aaclip.metrics import METRIC_NAMES
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# AA-CLIP's lead over plain CLIP on the default world at seed 111, about half of what was measured
+# when the shipped tiny CLIP was made (pixel 0.691 vs 0.461, image 0.595 vs 0.292, scan pixel 0.820 vs 0.493)
+PIXEL_MARGIN, IMAGE_MARGIN, SCAN_MARGIN = 0.12, 0.15, 0.15
 
 
 def readme_block(after: str) -> list[str]:
@@ -94,25 +97,33 @@ def test_the_readme_sequence_writes_summaries_with_the_dataset_means(readme_run,
 
 
 @pytest.mark.default_world
-def test_aa_clip_beats_plain_clip_on_the_default_world(default_world, tmp_path):
-    """Issue 4's end-to-end claim, on the world the book runs: train both stages on mini-aux with
-    the miniature profile, then test zero-shot on mini-target's unseen classes and defect shapes.
+def test_the_default_world_shows_the_papers_premise_and_effect(default_world, tmp_path):
+    """Issue 11's claims, on the world the book runs, at the book's reference seed: the shipped tiny CLIP
+    is class-aware (zero-shot class accuracy on mini-target's unseen classes) and anomaly-unaware
+    (plain CLIP's image and pixel AUROC near chance); AA-CLIP, trained on mini-aux with the miniature
+    profile, finds mini-target's unseen defects far better, and transfers to the grey scan.
 
-    At smoke size the claim cannot hold and is not asked: that tiny CLIP has 30 pretraining steps
-    (issue 3 caps the smoke world at a minute), enough to name classes, not to see marks, so its
-    frozen patch features give AA-CLIP nothing to align. The default world's 744 steps do.
+    The margins are about half of what this seed measured when the weights were made (protocol page,
+    book:protocol-miniature-clip), so a change that costs AA-CLIP a real part of its effect fails here.
+    At smoke size the claim is not asked: that tiny CLIP has 30 pretraining steps, enough to name
+    classes, not to see marks.
     """
     from aaclip.config import Config
 
+    summary = json.loads((default_world / "summary.json").read_text())
+    assert summary["class_accuracy"] >= 0.85, summary["class_accuracy"]
     cfg = Config.load("miniature", {"runtime.data_root": str(default_world), "runtime.save_path": str(tmp_path / "run"),
                                     "runtime.device": "cpu"})
-    aaclip, clip = aaclip_and_clip(cfg, "mini-target")
-    for metric in ("pixel_auroc", "image_auroc"):
-        assert aaclip[metric] > clip[metric] + 0.02, f"{metric}: AA-CLIP {aaclip[metric]:.3f} vs CLIP {clip[metric]:.3f}"
+    target, scan = aaclip_and_clip(cfg, ("mini-target", "mini-scan"))
+    (aaclip, clip), (scan_aaclip, scan_clip) = target, scan
+    assert clip["image_auroc"] <= 0.60 and clip["pixel_auroc"] <= 0.60, clip
+    assert aaclip["pixel_auroc"] >= clip["pixel_auroc"] + PIXEL_MARGIN, (aaclip["pixel_auroc"], clip["pixel_auroc"])
+    assert aaclip["image_auroc"] >= clip["image_auroc"] + IMAGE_MARGIN, (aaclip["image_auroc"], clip["image_auroc"])
+    assert scan_aaclip["pixel_auroc"] >= scan_clip["pixel_auroc"] + SCAN_MARGIN, (scan_aaclip, scan_clip)
 
 
-def aaclip_and_clip(cfg, dataset: str) -> tuple[dict, dict]:
-    """Train (or reuse) the run of `cfg`, then its and plain CLIP's dataset means on `dataset`."""
+def aaclip_and_clip(cfg, datasets: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    """Train (or reuse) the run of `cfg`, then per dataset its and plain CLIP's dataset means."""
     from aaclip.data.dataset import load_dataset
     from aaclip.runs.checkpoint import load_run
     from aaclip.runs.evaluate import evaluate
@@ -122,10 +133,12 @@ def aaclip_and_clip(cfg, dataset: str) -> tuple[dict, dict]:
     train(cfg, progress=False)
     model, run_cfg = load_run(cfg.runtime.save_path)
     b = model.backbone
-    data = load_dataset(cfg.runtime.data_root, dataset, b.image_size, b.mean, b.std)
-    aaclip = evaluate(model, data, Method.of_run(run_cfg), cfg.eval, progress=False).means
-    clip = evaluate(model, data, BASELINE, cfg.eval, progress=False).means
-    return aaclip, clip
+    pairs = []
+    for dataset in datasets:
+        data = load_dataset(cfg.runtime.data_root, dataset, b.image_size, b.mean, b.std)
+        pairs.append(tuple(evaluate(model, data, method, cfg.eval, progress=False).means
+                           for method in (Method.of_run(run_cfg), BASELINE)))
+    return pairs
 
 
 def paint_defects(world, datasets=("mini-aux", "mini-target")) -> None:
@@ -145,6 +158,6 @@ def test_aa_clip_learns_defects_its_backbone_can_see(smoke_world, smoke_cfg, tmp
     shutil.copytree(smoke_world, world, ignore=shutil.ignore_patterns("mini-scan"))
     paint_defects(world)
     cfg = smoke_cfg.replace({"runtime.data_root": str(world), "runtime.save_path": str(tmp_path / "run")})
-    aaclip, clip = aaclip_and_clip(cfg, "mini-target")
+    [(aaclip, clip)] = aaclip_and_clip(cfg, ("mini-target",))
     assert aaclip["pixel_auroc"] >= 0.8 > clip["pixel_auroc"], (aaclip["pixel_auroc"], clip["pixel_auroc"])
     assert aaclip["image_auroc"] >= clip["image_auroc"] + 0.05, (aaclip["image_auroc"], clip["image_auroc"])

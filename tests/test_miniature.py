@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from aaclip_miniature import build, catalog, defects, generate, render, tiny_clip
+from aaclip.errors import AAClipError
+from aaclip.io import sha256_file
+from aaclip_miniature import build, catalog, defects, generate, render, shipped, tiny_clip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SEED = 0
@@ -85,7 +87,9 @@ def test_pretraining_twins_differ_only_by_a_visible_mark_that_the_caption_names(
         assert plain.scene == marked.scene and plain.mark is None and marked.mark
         changed = np.abs(marked_pixels.astype(int) - plain_pixels.astype(int)).max(-1)
         assert 12 <= (changed > 0).sum() <= 0.2 * changed.size  # a mark, not a new picture
-        assert np.percentile(changed[changed > 0], 50) >= 40  # visible: not a faint tint
+        # visible, not a faint tint: a dent or a swirl moves edges and texture by a few levels at most
+        # pixels, so the strongest tenth of the mark is asked to change a channel by 40 levels or more
+        assert np.percentile(changed[changed > 0], 90) >= 40
         assert [c.removesuffix(f", {marked.mark} on it.") for c in marked.captions()] == [
             c.removesuffix(".") for c in plain.captions()
         ]
@@ -329,3 +333,36 @@ def test_cli_reports_a_reused_world(world, capsys):
     assert main(["miniature", "--size", "smoke", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "reused" in printed and "class accuracy" in printed
+
+
+# ---------------------------------------------------------------------------- shipped weights
+def test_the_shipped_tiny_clip_was_made_by_todays_pretraining_code():
+    """Shipped weights cannot drift from the code said to have made them: changing how the world draws
+    pictures or how the tiny CLIP trains fails here until `aaclip miniature --pretrain` has run again."""
+    today = build.code_digest(build.PART_SOURCES["tiny_clip"])
+    for size in shipped.SHIPPED_SIZES:
+        manifest = shipped.read(size)
+        assert manifest["code_digest"] == today, f"the shipped weights are stale: run `{manifest['command']}`"
+        assert manifest["command"] == shipped.command(size, manifest["seed"])
+        for name, expected in manifest["sha256"].items():
+            assert sha256_file(shipped.folder(size) / name) == expected, name
+        recipe = tiny_clip.RECIPES[size]
+        assert manifest["epochs"] == recipe["epochs"] and manifest["images"] == catalog.SIZES[size]["pretrain"]
+        assert {"seconds", "final_loss", "steps", "made_on"} <= set(manifest)
+
+
+def test_stale_or_damaged_shipped_weights_are_refused_naming_the_command(tmp_path, monkeypatch):
+    copy = tmp_path / "weights"
+    shutil.copytree(shipped.SHIPPED_DIR, copy, ignore=shutil.ignore_patterns(".*"))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", copy)
+    today = build.code_digest(build.PART_SOURCES["tiny_clip"])
+    size = shipped.SHIPPED_SIZES[0]
+    with pytest.raises(AAClipError, match=r"other pretraining code.*aaclip miniature --pretrain --size default"):
+        shipped.verify(size, 0, "0" * 64)
+    with pytest.raises(AAClipError, match=r"seed 0, not 5"):
+        shipped.verify(size, 5, today)
+    (copy / size / tiny_clip.WEIGHTS_FILE).write_bytes(b"not the weights")
+    with pytest.raises(AAClipError, match=r"open_clip_model.safetensors: sha256 \w+, the manifest says"):
+        shipped.install(size, 0, today, tmp_path / "world" / "tiny_clip")
+    assert not (tmp_path / "world" / "tiny_clip" / tiny_clip.WEIGHTS_FILE).exists()  # nothing half-copied
+
