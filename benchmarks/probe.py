@@ -2,7 +2,7 @@
 
     python -m benchmarks.probe --json benchmarks/results/probe.json --data-root data/miniature
 
-AA-CLIP aligns what its frozen backbone already sees (book:protocol-miniature); this measures what
+AA-CLIP aligns what its frozen backbone already sees (book:protocol-miniature-clip); this measures what
 that is. A patch of the 8 px grid is labelled defective when at least a quarter of its pixels are
 in the mask. A logistic regression (C = 0.1, balanced classes) on the standardised patch tokens
 (after ln_post) of the feature levels, each alone and all four concatenated:

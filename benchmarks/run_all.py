@@ -133,7 +133,7 @@ def run_script(name: str, plan_args: list[str], device: str, out: Path, threads:
 
 def load_results(folder: Path) -> dict:
     results = {}
-    for name in (*BENCHMARKS, "gpu_check", "run"):
+    for name in (*BENCHMARKS, "gpu_check", "probe", "run"):
         path = folder / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
@@ -161,7 +161,8 @@ def table(results: dict) -> str:
         lines.append("")
     lines += targets_section(results)
     for name, section in (("inference", inference_section), ("training", training_section),
-                          ("evaluation", evaluation_section), ("book_build", book_section), ("gpu_check", gpu_section)):
+                          ("evaluation", evaluation_section), ("book_build", book_section), ("gpu_check", gpu_section),
+                          ("probe", probe_section)):
         if name in results:
             lines += section(results[name])
     lines += not_measured_section(results)
@@ -291,6 +292,18 @@ def book_section(r: dict) -> list[str]:
     if b.get("total_s") is not None:
         lines.append(f"| whole build (with the HTML) | {b['total_s']:.1f} |")
     return lines + [""]
+
+
+def probe_section(r: dict) -> list[str]:
+    """`benchmarks/probe.py`'s ceiling of the miniature (kept in the results folder; it needs the default world)."""
+    s, res = r["settings"], r["results"]
+    lines = ["### The miniature's ceiling: a linear probe on the frozen tiny CLIP", "", measured(r), "",
+             f"{s['classifier']} on the patch tokens of each level; a patch is defective if >= 1/4 of its pixels are. "
+             f"Backbone sha256 {s['backbone'][:12]}. Patch AUROC ({{ref}}`protocol-miniature-clip`):", "",
+             "| level | held-out mini-aux classes | mini-target |", "| --- | ---: | ---: |"]
+    lines += [f"| {level} | {v['heldout_aux']:.3f} | {v['target']:.3f} |" for level, v in res["levels"].items()]
+    maps = ", ".join(f"{name} {v['mean']:.3f}" for name, v in res["map_pixel_auroc"].items())
+    return lines + ["", f"The probe's decision value as a level map (blurred and upsampled as scored), pixel AUROC: {maps}.", ""]
 
 
 def gpu_section(r: dict) -> list[str]:

@@ -199,7 +199,7 @@ def test_the_gpu_check_runs_at_a_tiny_size_on_cpu_and_the_table_shows_it(bench, 
 
 @pytest.mark.slow
 def test_the_probe_measures_what_the_frozen_features_tell_on_every_level(bench, smoke_world, tmp_path):
-    """The ceiling figure of book:protocol-miniature: a probe per level and on all levels, held-out aux
+    """The ceiling figure of book:protocol-miniature-clip: a probe per level and on all levels, held-out aux
     classes and zero-shot mini-target, and its map's per-class pixel AUROC on both targets."""
     out = tmp_path / "probe.json"
     bench("probe").main(["--data-root", str(smoke_world), "--profile", "smoke", "--json", str(out)])
@@ -212,3 +212,5 @@ def test_the_probe_measures_what_the_frozen_features_tell_on_every_level(bench, 
     assert set(maps["mini-target"]["per_class"]) == {"nut", "capsule", "bottle", "screw", "weave", "grain", "tile"}
     assert maps["mini-scan"]["per_class"].keys() == {"brain"}
     assert maps["mini-target"]["mean"] == pytest.approx(sum(maps["mini-target"]["per_class"].values()) / 7, abs=1e-3)
+    table = bench("run_all").table({"probe": written})  # the appendix shows it
+    assert "### The miniature's ceiling" in table and f"| all | {levels['all']['heldout_aux']:.3f} |" in table

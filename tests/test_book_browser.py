@@ -214,6 +214,13 @@ def test_the_static_views_pixel_scores_are_the_librarys(explorer_page, site):
             assert shown == pytest.approx(expected[name], abs=0.02), name
 
 
+def loaded_pictures(page) -> list[str]:
+    """The picture and its outline, once both are loaded: a slider swaps them one after the other."""
+    page.wait_for("[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
+                  ".filter((i) => i.complete && i.naturalWidth).length === 2", what="the picture and its outline")
+    return visible_pixels(page, ".aaclip-picture img")
+
+
 def visible_pixels(page, selector: str) -> list[str]:
     return page.evaluate(f"[...document.querySelectorAll('.aaclip-explorer-widget {selector}')].filter(visible)"
                          ".filter((i) => i.complete && i.naturalWidth).map(pixels)")
@@ -244,13 +251,13 @@ def test_the_widget_view_changes_with_class_image_and_threshold_without_a_kernel
                   " s.selectedIndex = 1; s.dispatchEvent(new Event('change')); return true; })()")
     page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')]"
                   f".filter(visible).map(pixels)) !== {json_string(pictures)}", what="another class's pictures")
-    pictures = visible_pixels(page, ".aaclip-picture img")
+    pictures = loaded_pictures(page)
     maps = visible_pixels(page, ".aaclip-maps img")
     press(page, "image")
     page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-maps img')]"
                   f".filter(visible).map(pixels)) !== {json_string(maps)}", what="the next image's maps")
-    assert visible_pixels(page, ".aaclip-picture img")[0] != pictures[0], "the image slider left the picture unchanged"
-    outline = visible_pixels(page, ".aaclip-picture img")[1]
+    picture, outline = loaded_pictures(page)
+    assert picture != pictures[0], "the image slider left the picture unchanged"
     press(page, "pixel thr.", "ArrowLeft")
     page.wait_for(f"[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
                   f".map(pixels)[1] !== {json_string(outline)}", what="the outline at a lower threshold")
