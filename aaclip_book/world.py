@@ -81,7 +81,7 @@ def pretraining_table(book):
         return Markdown("*No pretraining record: the backbone's weights were not made by this book.*")
     record = book.world["pretraining"]
     rows = {"pictures": record["images"], "epochs": record["epochs"], "optimiser steps": record["steps"],
-            "final contrastive loss": round(record["final_loss"], 4)}
+            "final contrastive loss": f"{record['final_loss']:.4f}"}
     if record.get("shipped"):
         made_on = record["made_on"]
         rows |= {"made by": record["command"], "pretraining code (sha256)": record["code_digest"][:16] + "...",
@@ -90,7 +90,8 @@ def pretraining_table(book):
                  "in this build": "shipped weights, hashes and code digest checked"}
     else:
         rows["in this build"] = "pretrained from scratch"
-    return pd.Series(rows, name="tiny CLIP pretraining").to_frame()
+    # a Styler, not the DataFrame: the DataFrame's HTML view cuts the command at 50 characters
+    return pd.Series(rows, name="tiny CLIP pretraining").to_frame().style
 
 
 def evidence(book, model, sets: dict) -> dict:
