@@ -286,14 +286,21 @@ class AAClip(nn.Module):
         det = CLIP's own normalised image embedding (CLS). Scored with the same prompts, maps and
         fusion (book:method-scoring) and with `text_anchors(..., adapted=False)`.
         """
+        tokens, x = self.plain_level_tokens(images)
+        seg = [F.normalize(t @ self.clip.visual.proj, dim=-1) for t in tokens]
+        return seg, self._clip_embedding(x)
+
+    def plain_level_tokens(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The unmodified CLIP's patch tokens after ln_post at each level, L x (B, N, W), and the last
+        block's output (B, 1 + N, W): what the frozen backbone sees, before any projection."""
         v = self.clip.visual
         x = self._embed(images)
-        seg = []
+        tokens = []
         for i, block in enumerate(v.transformer.resblocks, start=1):
             x = block(x)
             if i in self.levels:
-                seg.append(F.normalize(v.ln_post(x[:, 1:]) @ v.proj, dim=-1))
-        return seg, self._clip_embedding(x)
+                tokens.append(v.ln_post(x[:, 1:]))
+        return tokens, x
 
     # ------------------------------------------------------------------ parameters
     def text_parameters(self) -> list[nn.Parameter]:

@@ -63,13 +63,11 @@ def patch_features(model, cfg, name: str) -> dict:
     b = model.backbone
     data = load_dataset(cfg.runtime.data_root, name, b.image_size, b.mean, b.std)
     loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=False, collate_fn=Batch.collate)
-    visual, feats, labels, classes, masks = model.clip.visual, {str(l): [] for l in model.levels}, [], [], []
+    feats, labels, classes, masks = {str(l): [] for l in model.levels}, [], [], []
     for batch in loader:
-        x = model._embed(batch.image.to(model.device))
-        for i, block in enumerate(visual.transformer.resblocks, start=1):
-            x = block(x)
-            if i in model.levels:
-                feats[str(i)].append(visual.ln_post(x[:, 1:]).cpu().numpy())
+        tokens, _ = model.plain_level_tokens(batch.image.to(model.device))
+        for level, t in zip(model.levels, tokens):
+            feats[str(level)].append(t.cpu().numpy())
         mask = batch.masks().astype(np.float32)
         share = F.avg_pool2d(torch.from_numpy(mask)[:, None], b.patch_size)[:, 0].flatten(1)
         labels.append((share >= 0.25).numpy())
