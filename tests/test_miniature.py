@@ -351,6 +351,16 @@ def test_the_shipped_tiny_clip_was_made_by_todays_pretraining_code():
         assert {"seconds", "final_loss", "steps", "made_on"} <= set(manifest)
 
 
+def test_the_code_digest_follows_the_code_not_its_comments_or_docstrings():
+    """A reworded comment must not stale the shipped weights (25 minutes to remake); a changed number must."""
+    source = 'def width(x):\n    """The width."""\n    return x + 1  # one more pixel\n\n\nLABEL = "a line"\n'
+    reworded = source.replace("The width.", "How wide a stroke is,\n    in pixels.").replace("one more", "a")
+    assert build.code_text(reworded + "# the end\n") == build.code_text(source)
+    for changed in (source.replace("x + 1", "x + 2"), source.replace('"a line"', '"a lines"'),
+                    source.replace("    return", "    if x:\n        return")):  # fmt: skip
+        assert build.code_text(changed) != build.code_text(source)
+
+
 def test_stale_or_damaged_shipped_weights_are_refused_naming_the_command(tmp_path, monkeypatch):
     copy = tmp_path / "weights"
     shutil.copytree(shipped.SHIPPED_DIR, copy, ignore=shutil.ignore_patterns(".*"))
