@@ -70,7 +70,7 @@ SIZES = {
     "smoke": {"mini-aux": 10, "mini-target": 10, "mini-scan": 20, "pretrain": 640, "image_px": 96},
 }
 NORMAL_SHARE = 0.4
-SUBTLE_SHARE = 0.3  # anomalous images whose defect is small or faint
+SUBTLE_SHARE = 0.2  # anomalous images whose defect is small or faint
 
 # Colours by name (RGB in [0, 1]); a class draws from its own palette, palettes overlap so
 # that colour alone never tells the class.
