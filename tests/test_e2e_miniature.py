@@ -121,7 +121,8 @@ def test_the_default_world_shows_the_papers_premise_and_effect(default_world, tm
                                         "runtime.save_path": str(tmp_path / f"run-{seed}"), "runtime.device": "cpu"})
         runs.append(aaclip_and_clip(cfg, ("mini-target",))[0])
     clip = runs[0][1]
-    mean = {key: float(np.mean([aaclip[key] for aaclip, _ in runs])) for key in ("image_auroc", "pixel_auroc", "pixel_aupro")}
+    metrics = ("image_auroc", "pixel_auroc", "pixel_aupro")
+    mean = {key: float(np.mean([aaclip[key] for aaclip, _ in runs])) for key in metrics}
     assert clip["image_auroc"] <= CLIP_AT_MOST and clip["pixel_auroc"] <= CLIP_AT_MOST, clip
     assert mean["pixel_auroc"] >= PIXEL_AUROC and mean["pixel_aupro"] >= AUPRO, mean
     assert mean["image_auroc"] >= clip["image_auroc"] + IMAGE_MARGIN, (mean, clip["image_auroc"])
