@@ -38,6 +38,7 @@ about 16 bytes per anomalous pixel; no float64 copy or int64 index of all pixels
 from __future__ import annotations
 
 import math
+from pathlib import PurePosixPath
 
 import numpy as np
 from scipy import ndimage
@@ -145,6 +146,39 @@ def summarize(per_class: dict[str, dict]) -> dict:
         counts[name] = len(defined)
         means[name] = math.fsum(defined) / len(defined) if defined else math.nan
     return {"means": means, "counts": counts, "n_classes": len(per_class)}
+
+
+
+def defect_type(image_path: str) -> str:
+    """The folder an image sits in: its defect type in MVTec-AD's layout (`<class>/test/<type>/<file>`)."""
+    return PurePosixPath(image_path.replace("\\", "/")).parent.name
+
+
+def image_auroc_by_type(pred_score, gt_label, class_name, image_path) -> dict[str, dict]:
+    """book:protocol-defect-types: per defect type, the image AUROC of each class's normal images
+    against its anomalous images of that type, averaged over the classes that have the type.
+
+    Returns {type: {"image_auroc", "classes", "images"}} in order of first appearance; a class
+    without normal images adds nothing (its AUROC is undefined).
+    """
+    scores = _as_scores(pred_score, "pred_score").ravel()
+    labels = _as_binary(gt_label, "gt_label").ravel()
+    classes, paths = np.asarray(class_name), list(image_path)
+    if not (scores.size == labels.size == classes.size == len(paths)):
+        raise MetricInputError(f"pred_score, gt_label, class_name and image_path have {scores.size}, "
+                               f"{labels.size}, {classes.size} and {len(paths)} entries")
+    types = np.array([defect_type(p) for p in paths])
+    out: dict[str, dict] = {}
+    for kind in dict.fromkeys(types[labels].tolist()):
+        values, images = [], 0
+        for name in dict.fromkeys(classes[labels & (types == kind)].tolist()):
+            normal, anomalous = ~labels & (classes == name), labels & (classes == name) & (types == kind)
+            images += int(anomalous.sum())
+            if normal.any():
+                values.append(_Ranking(np.sort(scores[anomalous]), np.sort(scores[normal])).auroc())
+        out[kind] = {"image_auroc": math.fsum(values) / len(values) if values else math.nan,
+                     "classes": len(values), "images": images}
+    return out
 
 
 # --------------------------------------------------------------------------- curves

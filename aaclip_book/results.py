@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 from IPython.display import Markdown
 
-from aaclip.metrics import METRIC_NAMES, METRIC_TITLES
+from aaclip.metrics import METRIC_NAMES, METRIC_TITLES, defect_type, image_auroc_by_type
 from aaclip_book import runs
 
 NORMALIZATIONS = ("transductive", "inductive")
@@ -105,6 +105,68 @@ def class_means(results: pd.DataFrame, normalize: str = "transductive") -> pd.Da
     table = part.groupby(["dataset", "class_name", "method"], sort=False)[list(METRIC_NAMES)].mean().unstack("method")
     table.columns = [f"{METRIC_TITLES[m]} {method}" for m, method in table.columns]
     return (100 * table).round(1)
+
+
+def defect_type_results(book, results: pd.DataFrame) -> pd.DataFrame:
+    """book:protocol-defect-types, per dataset, method, seed and defect type: the image AUROC
+    (transductive) read back from each run's predictions.csv, and whether the training set shows the type."""
+    from aaclip.data.metadata import read_metadata
+    from aaclip.data.registry import metadata_path
+
+    train = read_metadata(metadata_path(book.cfg.runtime.data_root, book.cfg.train.dataset, -1))
+    seen = {defect_type(r["image_path"]) for r in train if r["label"] == 1}
+    rows = []
+    part = results[results["normalize"] == "transductive"]
+    for (run, seed, dataset, method), _ in part.groupby(["run", "seed", "dataset", "method"], sort=False):
+        images = pd.read_csv(runs.results_folder(run, dataset, method, "transductive") / "predictions.csv")
+        by_type = image_auroc_by_type(images["pred_score"], images["gt_label"], images["class_name"].astype(str),
+                                      images["image_path"])
+        rows += [{"dataset": dataset, "method": method, "seed": seed, "defect_type": kind,
+                  # a training layout with one anomalous folder (VisA's "Anomaly") names no types
+                  "seen": (kind in seen) if len(seen) > 1 else None, **values} for kind, values in by_type.items()]
+    return pd.DataFrame(rows)
+
+
+def defect_type_table(types: pd.DataFrame) -> pd.DataFrame:
+    """Image AUROC per defect type in percent: plain CLIP, and AA-CLIP as mean ± sd over seeds."""
+    keys = ["dataset", "defect_type"]
+    clip = types[types["method"] == "CLIP"].set_index(keys)
+    ours = types[types["method"] == "AA-CLIP"].groupby(keys, sort=False).agg(
+        seen=("seen", "first"), images=("images", "first"), mean=("image_auroc", "mean"), sd=("image_auroc", "std"))
+    names = ours.index.get_level_values("dataset")
+    first = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    key = [(first[name], not (pd.notna(seen) and bool(seen))) for name, seen in zip(names, ours["seen"])]
+    ours = ours.iloc[sorted(range(len(ours)), key=key.__getitem__)]  # per dataset, the seen types first
+    table = pd.DataFrame({
+        "seen in training": ours["seen"].map({True: "yes", False: "no"}).fillna("–"),
+        "anomalous images": ours["images"],
+        "CLIP": (100 * clip["image_auroc"].reindex(ours.index)).round(1),
+        "AA-CLIP": [f"{100 * m:.1f} ± {100 * (s if s == s else 0.0):.1f}" for m, s in zip(ours["mean"], ours["sd"])],
+    }, index=ours.index)
+    return table
+
+
+def defect_type_numbers(types: pd.DataFrame, dataset: str) -> dict:
+    """Glue names: `types_<seen|unseen>_<method>`, the mean image AUROC (percent; over seeds, then types)
+    of the defect types the training set shows and of the others, and `types_summary`, a sentence of them."""
+    part = types[(types["dataset"] == dataset) & types["seen"].notna()]
+    if part.empty:
+        return {"types_summary": f"The training set's layout names no defect types (one folder holds all its "
+                                 f"anomalies, as in VisA), so seen and unseen types cannot be told apart on {dataset}."}
+    means = part.groupby(["method", "seen", "defect_type"])["image_auroc"].mean().groupby(["method", "seen"]).mean()
+    numbers = {f"types_{'seen' if flag else 'unseen'}_{method.replace('-', '')}": float(100 * value)
+               for (method, flag), value in means.items()}
+    unseen = list(dict.fromkeys(part.loc[~part["seen"].astype(bool), "defect_type"]))
+    if not unseen or len(unseen) == part["defect_type"].nunique():
+        numbers["types_summary"] = (f"On {dataset}, every defect type is {'seen' if not unseen else 'unseen'} "
+                                    "in training, so the table has no second group to compare with.")
+        return numbers
+    numbers["types_summary"] = (
+        f"On {dataset}, AA-CLIP's image AUROC averages {numbers['types_seen_AACLIP']:.1f} over the defect types "
+        f"it was trained on and {numbers['types_unseen_AACLIP']:.1f} over those it never saw ({', '.join(unseen)}); "
+        f"plain CLIP's figures are {numbers['types_seen_CLIP']:.1f} and {numbers['types_unseen_CLIP']:.1f} "
+        "(means over the seeds, then over the types).")
+    return numbers
 
 
 def normalisation_gap(stats: pd.DataFrame) -> pd.DataFrame:

@@ -41,7 +41,12 @@ def dataset(model, cfg: Config, name: str):
 
 
 def results_dir(cfg: Config, dataset_name: str, method: str, normalize: str) -> Path:
-    return Path(cfg.runtime.save_path) / RESULTS_DIR / dataset_name / f"{method}-{normalize}"
+    return results_folder(cfg.runtime.save_path, dataset_name, method, normalize)
+
+
+def results_folder(save_path, dataset_name: str, method: str, normalize: str) -> Path:
+    """Where `test_run` writes one run's results on one dataset (for a row's `run`, its save path)."""
+    return Path(save_path) / RESULTS_DIR / dataset_name / f"{method}-{normalize}"
 
 
 def test_run(cfg: Config, datasets, normalizations=("transductive",), baseline: bool = False,

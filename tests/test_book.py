@@ -212,6 +212,47 @@ def test_an_undefined_image_metric_stays_undefined_over_seeds_not_zero():
     assert table.loc[("Kvasir", "AA-CLIP"), ("Pixel AUROC", "mean ± sd")] == "85.0 ± 7.1"
 
 
+
+def _predictions_csv(folder, rows):
+    folder.mkdir(parents=True)
+    lines = ["image_path,class_name,gt_label,pred_score"] + [",".join(map(str, row)) for row in rows]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_defect_types_are_split_into_seen_and_unseen_by_the_training_set(tmp_path):
+    """book:protocol-defect-types: chapter 4 reads each run's predictions.csv back, calls a type seen when the
+    training set has anomalies of it, and its sentence averages over seeds, then types."""
+    import types
+
+    import pandas as pd
+
+    from aaclip.config import Config
+    from aaclip_book import results, runs
+
+    (tmp_path / "MVTec").mkdir()
+    train = [{"image_path": f"ring/test/{kind}/{i}.png", "label": 1, "class_name": "ring",
+              "mask_path": f"ring/ground_truth/{kind}/{i}_mask.png"} for i, kind in enumerate(["scratch", "hole"])]
+    (tmp_path / "MVTec" / "full-shot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    cfg = Config.load("miniature", {"runtime.data_root": str(tmp_path), "train.dataset": "MVTec"})
+    frame = []
+    for run, seed, method, crack_score in (("a", 111, "AA-CLIP", 0.9), ("b", 0, "AA-CLIP", 0.1), ("a", 111, "CLIP", 0.1)):
+        _predictions_csv(runs.results_folder(tmp_path / run, "T", method, "transductive"), [
+            ("nut/test/good/0.png", "nut", 0, 0.5), ("nut/test/scratch/1.png", "nut", 1, 0.8),
+            ("nut/test/crack/2.png", "nut", 1, crack_score)])
+        frame += [{"run": str(tmp_path / run), "seed": seed, "dataset": "T", "method": method, "normalize": mode,
+                   "class_name": "nut"} for mode in ("transductive", "inductive")]
+    found = results.defect_type_results(types.SimpleNamespace(cfg=cfg), pd.DataFrame(frame))
+    assert len(found) == 6  # 3 runs x 2 types, the inductive rows left out
+    table = results.defect_type_table(found)
+    assert table.loc[("T", "crack"), "seen in training"] == "no" and table.loc[("T", "scratch"), "seen in training"] == "yes"
+    assert table.loc[("T", "crack"), "AA-CLIP"] == "50.0 ± 70.7" and table.loc[("T", "crack"), "CLIP"] == 0.0
+    numbers = results.defect_type_numbers(found, "T")
+    assert numbers["types_seen_AACLIP"] == 100.0 and numbers["types_unseen_AACLIP"] == 50.0
+    assert "100.0 over the defect types it was trained on and 50.0 over those it never saw (crack)" in numbers["types_summary"]
+    unnamed = found.assign(seen=None)  # a training layout with one anomaly folder (VisA) names no types
+    assert "names no defect types" in results.defect_type_numbers(unnamed, "T")["types_summary"]
+
+
 def test_one_seed_marks_no_ablation_effect_and_gives_no_verdict():
     import pandas as pd
 

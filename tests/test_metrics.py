@@ -17,7 +17,9 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from aaclip.metrics import (
     METRIC_NAMES,
     MetricInputError,
+    defect_type,
     evaluate_class,
+    image_auroc_by_type,
     pixel_metrics,
     summarize,
 )
@@ -338,6 +340,26 @@ def test_summarize_skips_nan_and_counts_classes():
     assert summary["counts"]["pixel_auroc"] == 3
     nothing = summarize({"a": dict.fromkeys(METRIC_NAMES, math.nan)})
     assert math.isnan(nothing["means"]["image_ap"]) and nothing["counts"]["image_ap"] == 0
+
+
+
+def test_image_auroc_by_type_sets_each_type_against_its_own_classs_normals():
+    """book:protocol-defect-types: a type's AUROC uses only the anomalies of that type, against the normal
+    images of the same class, averaged over the classes that have the type; a class without normals adds nothing."""
+    paths = ["nut/test/good/0.png", "nut/test/good/1.png", "nut/test/crack/2.png", "nut/test/hole/3.png",
+             "tile/test/good/4.png", "tile/test/crack/5.png", "tile/test/crack/6.png", "pcb\\test\\hole\\7.png"]
+    classes = ["nut", "nut", "nut", "nut", "tile", "tile", "tile", "pcb"]
+    labels = [0, 0, 1, 1, 0, 1, 1, 1]
+    scores = [0.2, 0.6, 0.9, 0.1, 0.5, 0.7, 0.3, 0.9]
+    by_type = image_auroc_by_type(scores, labels, classes, paths)
+    assert list(by_type) == ["crack", "hole"]  # normal images name no type
+    # crack: nut 1.0 (0.9 above both normals), tile 0.5 (0.7 above, 0.3 below the one normal)
+    assert by_type["crack"] == {"image_auroc": pytest.approx(0.75), "classes": 2, "images": 3}
+    # hole: nut 0.0 (0.1 below both normals); pcb has no normal image, so only its count is kept
+    assert by_type["hole"] == {"image_auroc": pytest.approx(0.0), "classes": 1, "images": 2}
+    assert defect_type("pcb\\test\\hole\\7.png") == "hole"
+    with pytest.raises(MetricInputError, match="image_path have 8, 8, 8 and 7"):
+        image_auroc_by_type(scores, labels, classes, paths[:-1])
 
 
 # ------------------------------------------------------------------ benchmark
