@@ -113,7 +113,7 @@ def defect_type_results(book, results: pd.DataFrame) -> pd.DataFrame:
     from aaclip.data.metadata import read_metadata
     from aaclip.data.registry import metadata_path
 
-    train = read_metadata(metadata_path(book.cfg.runtime.data_root, book.cfg.train.dataset, -1))
+    train = read_metadata(metadata_path(book.cfg.runtime.data_root, book.cfg.train.dataset, book.cfg.train.shot))
     seen = {defect_type(r["image_path"]) for r in train if r["label"] == 1}
     rows = []
     part = results[results["normalize"] == "transductive"]
