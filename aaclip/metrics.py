@@ -148,7 +148,6 @@ def summarize(per_class: dict[str, dict]) -> dict:
     return {"means": means, "counts": counts, "n_classes": len(per_class)}
 
 
-
 def defect_type(image_path: str) -> str:
     """The folder an image sits in: its defect type in MVTec-AD's layout (`<class>/test/<type>/<file>`)."""
     return PurePosixPath(image_path.replace("\\", "/")).parent.name
@@ -172,10 +171,11 @@ def image_auroc_by_type(pred_score, gt_label, class_name, image_path) -> dict[st
     for kind in dict.fromkeys(types[labels].tolist()):
         values, images = [], 0
         for name in dict.fromkeys(classes[labels & (types == kind)].tolist()):
-            normal, anomalous = ~labels & (classes == name), labels & (classes == name) & (types == kind)
-            images += int(anomalous.sum())
-            if normal.any():
-                values.append(_Ranking(np.sort(scores[anomalous]), np.sort(scores[normal])).auroc())
+            chosen = (classes == name) & (~labels | (types == kind))  # the class's normals and this type
+            images += int((chosen & labels).sum())
+            auroc = image_metrics(scores[chosen], labels[chosen])["image_auroc"]  # NaN without normals
+            if not math.isnan(auroc):
+                values.append(auroc)
         out[kind] = {"image_auroc": math.fsum(values) / len(values) if values else math.nan,
                      "classes": len(values), "images": images}
     return out
