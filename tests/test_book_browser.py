@@ -216,20 +216,28 @@ def test_the_static_views_pixel_scores_are_the_librarys(explorer_page, site):
 
 def loaded_pictures(page) -> list[str]:
     """The picture and its outline, once both are loaded: a slider swaps them one after the other."""
-    page.wait_for("[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
-                  ".filter((i) => i.complete && i.naturalWidth).length === 2", what="the picture and its outline")
+    page.wait_for(f"{loaded_images('.aaclip-picture img')}.length === 2", what="the picture and its outline")
     return visible_pixels(page, ".aaclip-picture img")
 
 
 def visible_pixels(page, selector: str) -> list[str]:
-    return page.evaluate(f"[...document.querySelectorAll('.aaclip-explorer-widget {selector}')].filter(visible)"
-                         ".filter((i) => i.complete && i.naturalWidth).map(pixels)")
+    return page.evaluate(f"{loaded_images(selector)}.map(pixels)")
+
+
+def visible_elements(selector: str) -> str:
+    """JavaScript: the widget view's visible elements matching `selector`."""
+    return f"[...document.querySelectorAll('.aaclip-explorer-widget {selector}')].filter(visible)"
+
+
+def loaded_images(selector: str) -> str:
+    """JavaScript: those of them that have finished loading."""
+    return f"{visible_elements(selector)}.filter((i) => i.complete && i.naturalWidth)"
 
 
 def press(page, label: str, key: str = "ArrowRight") -> None:
     """A real key press on the handle of the visible widget slider labelled `label`."""
     found = page.evaluate(
-        "(() => { const s = [...document.querySelectorAll('.aaclip-explorer-widget .widget-slider')].filter(visible)"
+        f"(() => {{ const s = {visible_elements('.widget-slider')}"
         f".find((el) => (el.querySelector('.widget-label') || {{}}).textContent === {label!r});"
         " if (!s) return false; s.querySelector('.noUi-handle').focus(); return true; })()")
     assert found, f"no visible slider labelled {label!r} in the widget view"
@@ -241,26 +249,26 @@ def press(page, label: str, key: str = "ArrowRight") -> None:
 def test_the_widget_view_changes_with_class_image_and_threshold_without_a_kernel(explorer_page):
     page = explorer_page
     page.wait_for("!!document.querySelector('.aaclip-explorer-widget .aaclip-picture img')", what="the widget view")
-    page.wait_for("[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
-                  ".every((i) => i.complete && i.naturalWidth)", what="the widget pictures to load")
+    page.wait_for(f"{visible_elements('.aaclip-picture img')}.every((i) => i.complete && i.naturalWidth)",
+                  what="the widget pictures to load")
     pictures = visible_pixels(page, ".aaclip-picture img")
     assert len(pictures) == 2, "the picture and its outline"
     bars = visible_pixels(page, ".aaclip-colour-bar img")
     assert len(bars) == 1, "one colour bar is shown"
     page.evaluate("(() => { const s = document.querySelector('.aaclip-explorer-widget .widget-dropdown select');"
                   " s.selectedIndex = 1; s.dispatchEvent(new Event('change')); return true; })()")
-    page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')]"
-                  f".filter(visible).map(pixels)) !== {json_string(pictures)}", what="another class's pictures")
+    page.wait_for(f"JSON.stringify({visible_elements('.aaclip-picture img')}.map(pixels)) !== {json_string(pictures)}",
+                  what="another class's pictures")
     pictures = loaded_pictures(page)
     maps = visible_pixels(page, ".aaclip-maps img")
     press(page, "image")
-    page.wait_for(f"JSON.stringify([...document.querySelectorAll('.aaclip-explorer-widget .aaclip-maps img')]"
-                  f".filter(visible).map(pixels)) !== {json_string(maps)}", what="the next image's maps")
+    page.wait_for(f"JSON.stringify({visible_elements('.aaclip-maps img')}.map(pixels)) !== {json_string(maps)}",
+                  what="the next image's maps")
     picture, outline = loaded_pictures(page)
     assert picture != pictures[0], "the image slider left the picture unchanged"
     press(page, "pixel thr.", "ArrowLeft")
-    page.wait_for(f"[...document.querySelectorAll('.aaclip-explorer-widget .aaclip-picture img')].filter(visible)"
-                  f".map(pixels)[1] !== {json_string(outline)}", what="the outline at a lower threshold")
+    page.wait_for(f"{visible_elements('.aaclip-picture img')}.map(pixels)[1] !== {json_string(outline)}",
+                  what="the outline at a lower threshold")
 
 
 def json_string(value) -> str:
