@@ -62,9 +62,12 @@ def test_unknown_dataset_lists_the_choices(tmp_path, capsys):
 def test_describe_prints_parameter_counts_and_levels(tiny_backbone, capsys):
     assert main(["describe", "--backbone", "aaclip-tiny", "--pretrained", str(tiny_backbone), "--image-size", "96"]) == 0
     info = json.loads(capsys.readouterr().out)
-    # book:method-adapters generalised by depth: tiny CLIP (width 64, depth 8/4) -> 1 text adapter + projection,
-    # 2 image adapters + 4 seg projections + 1 det projection, each 64 x 64, no bias
-    assert (info["trainable_text"], info["trainable_image"]) == (2 * 64 * 64, 7 * 64 * 64)
+    # book:method-adapters generalised by depth: tiny CLIP (width 64, depth 8/4, embedding 128) -> 1 text
+    # adapter (64 x 64) + projection (64 x 128), 2 image adapters (64 x 64) + 4 seg projections + 1 det
+    # projection (64 x 128 each), no bias
+    width, embed = 64, 128
+    assert (info["trainable_text"], info["trainable_image"]) == (
+        width * width + width * embed, 2 * width * width + 5 * width * embed)
     assert info["levels"] == [2, 4, 6, 8] and info["grid"] == [12, 12] and info["frozen"] > 0
 
 
