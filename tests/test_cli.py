@@ -65,7 +65,9 @@ def test_describe_prints_parameter_counts_and_levels(tiny_backbone, capsys):
     # book:method-adapters generalised by depth: tiny CLIP (width 64, depth 8/4, embedding 128) -> 1 text
     # adapter (64 x 64) + projection (64 x 128), 2 image adapters (64 x 64) + 4 seg projections + 1 det
     # projection (64 x 128 each), no bias
-    width, embed = 64, 128
+    from aaclip_miniature.tiny_clip import MODEL_CFG
+
+    width, embed = MODEL_CFG["vision_cfg"]["width"], MODEL_CFG["embed_dim"]  # the fixture's tiny CLIP
     assert (info["trainable_text"], info["trainable_image"]) == (
         width * width + width * embed, 2 * width * width + 5 * width * embed)
     assert info["levels"] == [2, 4, 6, 8] and info["grid"] == [12, 12] and info["frozen"] > 0
