@@ -258,7 +258,7 @@ def command_line(module: str, argv: list[str]) -> str:
 
 
 def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in " \"$") else arg
+    return f"'{arg}'" if any(c in arg for c in " \"$;") else arg
 
 
 def main_guard(main) -> None:

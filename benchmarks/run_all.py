@@ -133,7 +133,7 @@ def run_script(name: str, plan_args: list[str], device: str, out: Path, threads:
 
 def load_results(folder: Path) -> dict:
     results = {}
-    for name in (*BENCHMARKS, "gpu_check", "probe", "run"):
+    for name in (*BENCHMARKS, "gpu_check", "probe", "heldout_aux", "run"):
         path = folder / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
@@ -162,7 +162,7 @@ def table(results: dict) -> str:
     lines += targets_section(results)
     for name, section in (("inference", inference_section), ("training", training_section),
                           ("evaluation", evaluation_section), ("book_build", book_section), ("gpu_check", gpu_section),
-                          ("probe", probe_section)):
+                          ("probe", probe_section), ("heldout_aux", heldout_section)):
         if name in results:
             lines += section(results[name])
     lines += not_measured_section(results)
@@ -304,6 +304,21 @@ def probe_section(r: dict) -> list[str]:
     lines += [f"| {level} | {v['heldout_aux']:.3f} | {v['target']:.3f} |" for level, v in res["levels"].items()]
     maps = ", ".join(f"{name} {v['mean']:.3f}" for name, v in res["map_pixel_auroc"].items())
     return lines + ["", f"The probe's decision value as a level map (blurred and upsampled as scored), pixel AUROC: {maps}.", ""]
+
+
+def heldout_section(r: dict) -> list[str]:
+    """`benchmarks/heldout_aux.py`'s choice of a setting on held-out auxiliary classes (it needs the default world)."""
+    s = r["settings"]
+    folds = "; ".join(", ".join(f) for f in s["folds"])
+    lines = [f"### A setting chosen on held-out {s['dataset']} classes", "", measured(r), "",
+             f"Profile `{s['profile']}`, folds (held out) {folds}; training seeds {', '.join(map(str, s['seeds']))}; "
+             f"{s['normalize']}, {s['epoch']} epoch. Mean over the folds, ± the sd over the seeds "
+             "({ref}`protocol-heldout-aux`):", "",
+             "| candidate | image AUROC | pixel AUROC | AUPRO |", "| --- | ---: | ---: | ---: |"]
+    for name, v in r["results"].items():
+        cells = " | ".join(f"{v['mean'][m]:.3f} ± {v['sd'][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+        lines.append(f"| `{name}` | {cells} |")
+    return lines + [""]
 
 
 def gpu_section(r: dict) -> list[str]:

@@ -214,3 +214,44 @@ def test_the_probe_measures_what_the_frozen_features_tell_on_every_level(bench, 
     assert maps["mini-target"]["mean"] == pytest.approx(sum(maps["mini-target"]["per_class"].values()) / 7, abs=1e-3)
     table = bench("run_all").table({"probe": written})  # the appendix shows it
     assert "### The miniature's ceiling" in table and f"| all | {levels['all']['heldout_aux']:.3f} |" in table
+
+
+@pytest.mark.slow
+def test_heldout_aux_trains_without_the_heldout_classes_and_summarises_over_seeds(bench, smoke_world, tmp_path):
+    """book:protocol-heldout-aux: a setting is compared on auxiliary classes its runs never trained on, with stage 2's
+    milestone kept at the profile's share of the (shorter) fold schedule; no target dataset is touched."""
+    out, work = tmp_path / "heldout.json", tmp_path / "work"
+    bench("heldout_aux").main(["--profile", "smoke", "--data-root", str(smoke_world), "--json", str(out),
+                               "--work-dir", str(work), "--folds", "ring,stripes", "--seeds", "111", "0",
+                               "--candidate", "stage1.orth_weight=0.1", "--candidate", "stage1.orth_weight=1.0"])
+    written = json.loads(out.read_text())
+    trained_on = {json.loads(line)["class_name"] for line in (work / "data/fold0-train/full-shot.jsonl").open()}
+    tested_on = {json.loads(line)["class_name"] for line in (work / "data/fold0-heldout/full-shot.jsonl").open()}
+    assert tested_on == {"ring", "stripes"} and trained_on == {"plate", "pcb", "cookie", "mesh", "marble"}
+    config = json.loads((work / "runs/fold0/candidate1-seed0/last.json").read_text())["config"]
+    assert config["stage1"]["orth_weight"] == 1.0 and config["train"]["dataset"] == "fold0-train"
+    assert config["stage2"]["milestones"] == [42]  # 54 of 8 x ceil(70 / 8) = 72 iterations -> of 8 x ceil(50 / 8) = 56
+    for name, result in written["results"].items():
+        assert [r["seed"] for r in result["runs"]] == [111, 0] and all(r["candidate"] == name for r in result["runs"])
+        by_seed = [v["pixel_auroc"] for v in result["by_seed"].values()]
+        assert result["mean"]["pixel_auroc"] == pytest.approx(statistics.fmean(by_seed))
+        assert result["sd"]["pixel_auroc"] == pytest.approx(statistics.stdev(by_seed))
+    assert written["results"]["stage1.orth_weight=0.1"]["runs"] != written["results"]["stage1.orth_weight=1.0"]["runs"]
+    table = bench("run_all").table({"heldout_aux": written})
+    assert "### A setting chosen on held-out mini-aux classes" in table and "| `stage1.orth_weight=1.0` |" in table
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--folds", "ring,gear"], "gear not a class of mini-aux"),
+    (["--folds", "ring,plate,pcb,cookie,stripes,mesh,marble"], "nothing is left to train on"),
+    (["--candidate", "stage1.orth_wieght=1.0"], "orth_wieght"),
+    (["--candidate", "stage1.orth_weight"], "write KEY=VALUE"),
+])
+def test_heldout_aux_refuses_a_bad_fold_or_candidate_before_training(bench, smoke_world, tmp_path, flags, named):
+    args = ["--profile", "smoke", "--data-root", str(smoke_world), "--json", str(tmp_path / "h.json"),
+            "--work-dir", str(tmp_path / "work")]
+    if "--candidate" not in flags:
+        args += ["--candidate", "stage1.orth_weight=0.1"]
+    with pytest.raises(AAClipError, match=named):
+        bench("heldout_aux").main(args + flags)
+    assert not (tmp_path / "work" / "runs").exists() and not (tmp_path / "h.json").exists()
