@@ -313,7 +313,7 @@ def heldout_section(r: dict) -> list[str]:
     lines = [f"### A setting chosen on held-out {s['dataset']} classes", "", measured(r), "",
              f"Profile `{s['profile']}`, folds (held out) {folds}; training seeds {', '.join(map(str, s['seeds']))}; "
              f"{s['normalize']}, {s['epoch']} epoch. Mean over the folds, ± the sd over the seeds "
-             "({ref}`protocol-heldout-aux`):", "",
+             "({ref}`the protocol <protocol-heldout-aux>`):", "",
              "| candidate | image AUROC | pixel AUROC | AUPRO |", "| --- | ---: | ---: | ---: |"]
     for name, v in r["results"].items():
         cells = " | ".join(f"{v['mean'][m]:.3f} ± {v['sd'][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "pixel_aupro"))
