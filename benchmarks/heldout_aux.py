@@ -13,7 +13,6 @@ standard deviation of those over the seeds. No target dataset is read.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -44,6 +43,8 @@ def main(argv=None) -> dict:
     info = harness.machine(harness.setup_device(args, uses_torch=False))
 
     from aaclip.config import Config
+    from aaclip.data.metadata import read_metadata
+    from aaclip.data.registry import get_dataset, metadata_path
 
     base = Config.load(args.profile, {"runtime.device": args.device, **({"runtime.data_root": args.data_root}
                                                                        if args.data_root else {}),
@@ -53,11 +54,12 @@ def main(argv=None) -> dict:
         base.replace(changes)
     aux = args.dataset or base.train.dataset
     root = Path(base.runtime.data_root)
-    records, dataset_info = read_auxiliary(root / aux)
-    folds = [parse_fold(text, dataset_info["prompt_names"], aux) for text in args.folds]
+    dataset_info = get_dataset(aux, root)
+    records = read_metadata(metadata_path(root, aux))
+    folds = [parse_fold(text, dataset_info.prompt_names, aux) for text in args.folds]
     with tempfile.TemporaryDirectory(prefix="heldout-aux-") as tmp:
         work = args.work_dir or Path(tmp)
-        per_run = run_folds(base, work, root / aux, records, dataset_info, folds, candidates, args)
+        per_run = run_folds(base, work, root / dataset_info.folder, records, dataset_info, folds, candidates, args)
     results = summarise(per_run, candidates, args.seeds)
     return harness.write_results(args.json, "heldout_aux", info, started, argv, settings={
         "profile": args.profile, "data_root": str(root), "threads": base.runtime.threads, "dataset": aux, "folds": [list(f) for f in folds],
@@ -76,16 +78,6 @@ def parse_candidate(text: str) -> dict:
     return changes
 
 
-def read_auxiliary(folder: Path) -> tuple[list[dict], dict]:
-    """The auxiliary set's full-shot records and its dataset.json."""
-    listing, described = folder / "full-shot.jsonl", folder / "dataset.json"
-    for path in (listing, described):
-        if not path.is_file():
-            raise AAClipError(f"{path}: not found (is {folder} a prepared dataset? see `aaclip data prepare`)")
-    records = [json.loads(line) for line in listing.read_text().splitlines() if line.strip()]
-    return records, json.loads(described.read_text())
-
-
 def parse_fold(text: str, prompt_names: dict, aux: str) -> tuple[str, ...]:
     held = tuple(c.strip() for c in text.split(",") if c.strip())
     unknown = [c for c in held if c not in prompt_names]
@@ -97,16 +89,19 @@ def parse_fold(text: str, prompt_names: dict, aux: str) -> tuple[str, ...]:
     return held
 
 
-def write_subset(root: Path, name: str, source: Path, records: list[dict], info: dict, classes) -> int:
+def write_subset(root: Path, name: str, source: Path, records: list[dict], info, classes) -> int:
     """A dataset folder `root/name` with only `classes` (their folders linked, not copied); returns its size."""
+    from aaclip.data.metadata import write_metadata
+    from aaclip.data.registry import custom_info, metadata_filename, write_custom_info
+
     folder = root / name
     folder.mkdir(parents=True)
     for c in classes:
         (folder / c).symlink_to((source / c).resolve(), target_is_directory=True)
     kept = [r for r in records if r["class_name"] in classes]
-    (folder / "full-shot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    names = {c: info["prompt_names"][c] for c in classes}
-    (folder / "dataset.json").write_text(json.dumps({**info, "name": name, "prompt_names": names}, indent=2))
+    write_metadata(folder / metadata_filename(), kept)
+    names = {c: info.prompt_names[c] for c in classes}
+    write_custom_info(folder, custom_info(name, names, info.domain, info.has_masks, made_by="benchmarks.heldout_aux"))
     return len(kept)
 
 
@@ -127,7 +122,7 @@ def run_folds(base, work: Path, source: Path, records, info, folds, candidates, 
         (data_root / base.model.pretrained).symlink_to(backbone.resolve())
     rows = []
     for k, held in enumerate(folds):
-        train_classes = [c for c in info["prompt_names"] if c not in held]
+        train_classes = [c for c in info.prompt_names if c not in held]
         n_fold = write_subset(data_root, f"fold{k}-train", source, records, info, train_classes)
         write_subset(data_root, f"fold{k}-heldout", source, records, info, held)
         s2 = base.stage2
@@ -164,4 +159,4 @@ def summarise(rows: list[dict], candidates: dict, seeds: list[int]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    harness.main_guard(main)
